@@ -1,0 +1,121 @@
+"""Contract: a guide is q(z|x) over the latent sites a model declares, sampled in the data plate."""
+
+from __future__ import annotations
+
+from math import prod
+
+import pyro
+import torch
+from pyro.distributions import Distribution
+from torch import Tensor, nn
+from torch.distributions import biject_to, constraints
+from torch.distributions.transforms import ComposeTransform, ReshapeTransform, Transform
+
+from pyro_genmod.latents import LatentSite
+from pyro_genmod.nn import mlp
+
+__all__ = ["Guide", "AmortizedGuide", "unconstraining"]
+
+
+class Guide(nn.Module):
+    """A variational family q(z|x) built from a model's latent-site declaration.
+
+    ``forward(x)`` samples exactly the model's latent sites inside ``pyro.plate("data", N)``.
+    Subclasses implement :meth:`posterior`, returning one distribution per site with batch
+    shape ``(N,)`` and the site's event shape, or override :meth:`forward` for families whose
+    sites depend on each other. ``site_problem`` says why a site cannot be covered.
+    """
+
+    registry_name = "guide"
+    is_point_estimate = False  # a Delta guide is not a density, so not an IS proposal
+
+    def __init__(self, model):
+        super().__init__()
+        self.latent_sites: tuple[LatentSite, ...] = tuple(model.latent_sites)
+        self.data_shape = tuple(model.data_shape)
+        self.init_kwargs: dict = {}
+
+    @classmethod
+    def site_problem(cls, site: LatentSite) -> str | None:
+        """Why this family cannot cover ``site``, or ``None``."""
+        return None
+
+    @classmethod
+    def unsupported_reason(cls, model) -> str | None:
+        for site in model.latent_sites:
+            problem = cls.site_problem(site)
+            if problem:
+                return f"latent site {site.describe()}: {problem}"
+        return None
+
+    def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
+        with pyro.plate("data", x.shape[0]):
+            return {name: pyro.sample(name, q) for name, q in self.posterior(x).items()}
+
+    def posterior(self, x: Tensor) -> dict[str, Distribution]:
+        """q(z|x) for each latent site."""
+        raise NotImplementedError
+
+
+def unconstraining(site: LatentSite) -> tuple[tuple[int, ...], Transform | None]:
+    """The unconstrained shape of ``site`` and the transform from it to the site's support.
+
+    For a real-valued site this is its own shape and no transform; otherwise it is
+    ``biject_to(support)`` (for example exp for positive sites, stick-breaking for a simplex).
+    """
+    if site.support is constraints.real:
+        return tuple(site.event_shape), None
+    transform = biject_to(site.support)
+    return tuple(transform.inverse_shape(site.event_shape)), transform
+
+
+class AmortizedGuide(Guide):
+    """A guide whose parameters for every site come from one encoder network of x.
+
+    The encoder is an MLP on the flattened data point; subclasses say how many parameters each
+    site needs (``num_params``) and how to turn them into a distribution (``site_distribution``).
+    """
+
+    @classmethod
+    def site_problem(cls, site: LatentSite) -> str | None:
+        if site.discrete:
+            return (
+                "the site is discrete, and this family is continuous; marginalize it with "
+                "objective='traceenum_elbo' or use a guide for discrete sites"
+            )
+        return None
+
+    def __init__(self, model, hidden=(200, 200), activation: str = "tanh"):
+        super().__init__(model)
+        self.shapes = {s.name: unconstraining(s)[0] for s in self.latent_sites}
+        self.transforms = {s.name: unconstraining(s)[1] for s in self.latent_sites}
+        self.sizes = [self.num_params(prod(self.shapes[s.name])) for s in self.latent_sites]
+        self.encoder = mlp(prod(self.data_shape), hidden, sum(self.sizes), activation)
+
+    def num_params(self, size: int) -> int:
+        raise NotImplementedError
+
+    def site_distribution(self, params: Tensor, size: int) -> Distribution:
+        """A distribution over a flat vector of ``size`` unconstrained values (event dim 1)."""
+        raise NotImplementedError
+
+    def posterior(self, x: Tensor) -> dict[str, Distribution]:
+        params = self.encoder(x.reshape(x.shape[0], -1))
+        result = {}
+        for site, chunk in zip(self.latent_sites, params.split(self.sizes, dim=-1)):
+            shape = self.shapes[site.name]
+            q = self.site_distribution(chunk, prod(shape))
+            transforms = []
+            if shape != (prod(shape),):
+                transforms.append(ReshapeTransform((prod(shape),), shape))
+            if self.transforms[site.name] is not None:
+                transforms.append(self.transforms[site.name])
+            if transforms:
+                q = pyro.distributions.TransformedDistribution(q, ComposeTransform(transforms))
+            result[site.name] = q
+        return result
+
+
+def softplus_scale(raw: Tensor) -> Tensor:
+    """A positive scale from an unconstrained network output, bounded away from zero."""
+    return torch.nn.functional.softplus(raw) + 1e-4

@@ -1,0 +1,66 @@
+"""pyro-genmod: a model zoo of deep generative models on Pyro.
+
+Models are Pyro model functions for p(z) p(x|z); guides are interchangeable variational
+families q(z|x); every pair trains through Pyro's ELBO estimators and is scored with a
+per-point importance-sampled log-likelihood, its standard error and PSIS k-hat.
+"""
+
+__version__ = "0.1.0"
+
+from ._registry import (
+    create_guide,
+    create_model,
+    list_datasets,
+    list_guides,
+    list_models,
+    register_dataset,
+    register_guide,
+    register_model,
+)
+from .data import Dataset, load_dataset
+from .errors import (
+    ConfigError,
+    DataError,
+    GenmodError,
+    PairingError,
+    RunFolderError,
+    TrainingDiverged,
+    UnknownNameError,
+)
+from .importance import LogLikelihood, log_importance_weights, log_likelihood
+from .latents import LatentSite
+from .objectives import list_objectives
+from .runs import load_run
+from .tasks import encode, sample
+from .train import FitResult, fit
+
+__all__ = [
+    "__version__",
+    "load_dataset",
+    "Dataset",
+    "create_model",
+    "create_guide",
+    "list_models",
+    "list_guides",
+    "list_datasets",
+    "list_objectives",
+    "register_model",
+    "register_guide",
+    "register_dataset",
+    "fit",
+    "FitResult",
+    "log_likelihood",
+    "log_importance_weights",
+    "LogLikelihood",
+    "sample",
+    "encode",
+    "load_run",
+    "LatentSite",
+    "GenmodError",
+    "UnknownNameError",
+    "PairingError",
+    "DataError",
+    "ConfigError",
+    "RunFolderError",
+    "TrainingDiverged",
+]

@@ -1,0 +1,172 @@
+"""Registries of models, guides and datasets, and the factories that build from them.
+
+A model or guide registers itself with a decorator in its own file; files in ``models/`` and
+``guides/`` are discovered on first use, so adding one is adding one file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from typing import Any, Callable
+
+from .errors import ConfigError, PairingError, UnknownNameError
+from .latents import check_pair
+
+__all__ = [
+    "register_model",
+    "register_guide",
+    "register_dataset",
+    "create_model",
+    "create_guide",
+    "list_models",
+    "list_guides",
+    "list_datasets",
+    "pairing_problem",
+    "summary_line",
+]
+
+_MODELS: dict[str, type] = {}
+_GUIDES: dict[str, type] = {}
+_DATASETS: dict[str, Callable] = {}
+_discovered = False
+
+
+def _register(table: dict, kind: str, name: str):
+    def decorator(obj):
+        if name in table and table[name] is not obj:
+            raise ValueError(f"{kind} '{name}' is registered twice ({table[name]} and {obj})")
+        table[name] = obj
+        if isinstance(obj, type):
+            obj.registry_name = name
+        return obj
+
+    return decorator
+
+
+def register_model(name: str):
+    """Class decorator: make a :class:`GenerativeModel` subclass available as ``name``."""
+    return _register(_MODELS, "model", name)
+
+
+def register_guide(name: str):
+    """Class decorator: make a guide class available as ``name``."""
+    return _register(_GUIDES, "guide", name)
+
+
+def register_dataset(name: str):
+    """Function decorator: register a loader ``fn(root, download, **kwargs) -> Dataset``."""
+    return _register(_DATASETS, "dataset", name)
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for package_name in ("pyro_genmod.models", "pyro_genmod.guides"):
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_") and info.name != "base":
+                importlib.import_module(f"{package_name}.{info.name}")
+    importlib.import_module("pyro_genmod.data")
+
+
+def _lookup(table: dict, kind: str, name: str):
+    _discover()
+    if name not in table:
+        known = ", ".join(sorted(table))
+        raise UnknownNameError(f"unknown {kind} '{name}'; choose one of: {known}")
+    return table[name]
+
+
+def _check_options(obj, kind: str, name: str, kwargs: dict[str, Any], skip: int) -> None:
+    params = list(inspect.signature(obj).parameters.values())[skip:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    allowed = {p.name for p in params}
+    for key in kwargs:
+        if key not in allowed:
+            raise ConfigError(
+                f"{kind} '{name}' has no option '{key}'; its options are: "
+                f"{', '.join(sorted(allowed)) or 'none'}"
+            )
+
+
+def list_models() -> list[str]:
+    """Names of all registered models."""
+    _discover()
+    return sorted(_MODELS)
+
+
+def list_guides() -> list[str]:
+    """Names of all registered guides."""
+    _discover()
+    return sorted(_GUIDES)
+
+
+def list_datasets() -> list[str]:
+    """Names of all registered datasets."""
+    _discover()
+    return sorted(_DATASETS)
+
+
+def summary_line(kind: str, name: str) -> str:
+    """First line of a registered entry's docstring."""
+    table = {"model": _MODELS, "guide": _GUIDES, "dataset": _DATASETS}[kind]
+    doc = inspect.getdoc(_lookup(table, kind, name)) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def create_model(name: str, data, **kwargs):
+    """Build the registered model ``name`` for ``data`` (a :class:`Dataset` or an event shape).
+
+    Example:
+        >>> import pyro_genmod as pg
+        >>> model = pg.create_model("vae", (1, 8, 8), latent_dim=4)
+        >>> [site.name for site in model.latent_sites]
+        ['z']
+    """
+    cls = _lookup(_MODELS, "model", name)
+    shape = tuple(getattr(data, "shape", data))
+    _check_options(cls, "model", name, kwargs, skip=1)
+    try:
+        model = cls(shape, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model '{name}': {error}") from None
+    model.init_kwargs = dict(kwargs)
+    return model
+
+
+def pairing_problem(guide_name: str, model) -> str | None:
+    """Why guide ``guide_name`` cannot be built for ``model``, or ``None`` when it can."""
+    cls = _lookup(_GUIDES, "guide", guide_name)
+    return cls.unsupported_reason(model)
+
+
+def create_guide(name: str, model, **kwargs):
+    """Build the registered guide ``name`` (a variational family q(z|x)) for ``model``.
+
+    Raises :class:`PairingError` naming the latent site and what differs when the family cannot
+    cover the model's latent sites.
+    """
+    cls = _lookup(_GUIDES, "guide", name)
+    reason = cls.unsupported_reason(model)
+    if reason is not None:
+        model_name = getattr(model, "registry_name", type(model).__name__)
+        raise PairingError(f"guide '{name}' does not fit model '{model_name}': {reason}")
+    _check_options(cls, "guide", name, kwargs, skip=1)
+    try:
+        guide = cls(model, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"guide '{name}': {error}") from None
+    guide.init_kwargs = dict(kwargs)
+    check_pair(model, guide)
+    return guide
+
+
+def load_registered_dataset(name: str, **kwargs):
+    loader = _lookup(_DATASETS, "dataset", name)
+    _check_options(loader, "dataset", name, kwargs, skip=0)
+    return loader(**kwargs)

@@ -1,0 +1,275 @@
+"""The ``genmod`` command line: train, evaluate, sample and list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from . import _registry
+from .errors import GenmodError, TrainingDiverged
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    try:
+        return key.replace("-", "_"), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), raw
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _print_scores(metrics: dict, stream=sys.stdout) -> None:
+    k = metrics["num_importance_samples"]
+    note = f" (proposal: {metrics['proposal']})" if metrics.get("proposal") == "prior" else ""
+    print(f"test ELBO                 : {_fmt(metrics['test_elbo'])} nats per point", file=stream)
+    print(
+        f"test log p(x), IS K={k:<5}: {_fmt(metrics['test_log_likelihood'])} "
+        f"+/- {_fmt(metrics['test_log_likelihood_stderr'])} nats per point{note}",
+        file=stream,
+    )
+    print(
+        f"PSIS k-hat                : mean {_fmt(metrics['khat_mean'], 2)}, max "
+        f"{_fmt(metrics['khat_max'], 2)}, {100 * metrics['khat_above_0.7']:.1f}% of points above 0.7",
+        file=stream,
+    )
+
+
+def _default_out(args) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{args.model}-{args.guide}-{args.dataset}-{stamp}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def _dataset_options(args) -> dict:
+    options = dict(args.data_opt or [])
+    if getattr(args, "data_root", None) is not None:
+        options["root"] = args.data_root
+    return options
+
+
+def cmd_train(args) -> int:
+    from .data import load_dataset
+    from .experiment import run_experiment
+
+    data = load_dataset(args.dataset, **_dataset_options(args))
+    model_options = dict(args.model_opt or [])
+    if args.latent_dim is not None:
+        model_options["latent_dim"] = args.latent_dim
+    if args.likelihood is not None:
+        model_options["likelihood"] = args.likelihood
+    out = Path(args.out) if args.out else _default_out(args)
+    try:
+        metrics, result, folder = run_experiment(
+            args.model, args.guide, data,
+            model_options=model_options, guide_options=dict(args.guide_opt or []),
+            num_samples=args.num_samples, eval_seed=args.seed, out=out, overwrite=args.overwrite,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            objective=args.objective, num_particles=args.num_particles,
+            early_stopping=args.early_stopping, progress=not args.quiet, device=args.device,
+        )
+    except TrainingDiverged as error:
+        print(f"genmod: {error} (last good state saved in {out})", file=sys.stderr)
+        return 1
+    print(
+        f"trained {args.model} + {args.guide} on {args.dataset}: {result.epochs_run} epochs in "
+        f"{result.train_seconds:.1f} s ({result.stopped_reason})"
+    )
+    _print_scores(metrics)
+    print(f"run saved to {folder}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .experiment import score
+    from .runs import load_run
+
+    run = load_run(args.run)
+    seed = args.seed if args.seed is not None else run.config.get("evaluation", {}).get("seed", 0)
+    ll, proposal = score(run.model, run.guide, run.data.test, args.num_samples, seed=seed)
+    summary = ll.summary()
+    metrics = {
+        "test_elbo": summary["elbo"],
+        "test_log_likelihood": summary["log_likelihood"],
+        "test_log_likelihood_stderr": summary["log_likelihood_stderr"],
+        "num_importance_samples": args.num_samples,
+        "num_test_points": summary["num_points"],
+        "khat_mean": summary["khat_mean"],
+        "khat_max": summary["khat_max"],
+        "khat_above_0.7": summary["khat_above_0.7"],
+        "proposal": proposal,
+        "seed": seed,
+    }
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"run {run.path}: {run.config['model']['name']} + {run.config['guide']['name']} on {run.data.name}")
+        _print_scores(metrics)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torchvision.utils
+
+    from .errors import DataError, RunFolderError
+    from .runs import load_run
+    from .tasks import sample
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise RunFolderError(f"'{out}' already exists; choose another --out or pass --overwrite")
+    if out.suffix.lower() not in {".png", ".jpg", ".jpeg"}:
+        raise DataError(f"--out must end in .png or .jpg, got '{out.name}'")
+    run = load_run(args.run)
+    if not run.data.is_image:
+        raise DataError(f"dataset '{run.data.name}' is not made of images (shape {run.data.shape}); cannot draw a grid")
+    x = sample(run.model, args.num, mean=not args.draws, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid = torchvision.utils.make_grid(x.clamp(0, 1), nrow=max(1, int(math.sqrt(args.num))), padding=1, pad_value=0.5)
+    torchvision.utils.save_image(grid, str(out))
+    print(f"wrote {args.num} samples to {out}")
+    return 0
+
+
+def _pairs() -> dict[str, dict[str, str | None]]:
+    table = {}
+    for model_name in _registry.list_models():
+        model = _registry.create_model(model_name, (1, 8, 8))
+        table[model_name] = {g: _registry.pairing_problem(g, model) for g in _registry.list_guides()}
+    return table
+
+
+def cmd_list(args) -> int:
+    from .objectives import list_objectives
+
+    for kind, names in (
+        ("models", _registry.list_models()),
+        ("guides", _registry.list_guides()),
+        ("datasets", _registry.list_datasets()),
+    ):
+        print(f"{kind}:")
+        for name in names:
+            print(f"  {name:<20} {_registry.summary_line(kind[:-1], name)}")
+    print("objectives:")
+    print("  " + ", ".join(list_objectives()))
+    pairs = _pairs()
+    guides = _registry.list_guides()
+    print("\nwhich guide fits which model (yes / no):")
+    width = max(len(g) for g in guides) + 2
+    print(" " * 22 + "".join(f"{g:<{width}}" for g in guides))
+    for model_name, row in pairs.items():
+        print(f"  {model_name:<20}" + "".join(f"{'yes' if row[g] is None else 'no':<{width}}" for g in guides))
+    if args.pairs:
+        print("\nwhy not:")
+        for model_name, row in pairs.items():
+            for guide_name, reason in row.items():
+                if reason is not None:
+                    print(f"  {model_name} + {guide_name}: {reason}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="genmod", description="Train, score and sample deep generative models built on Pyro.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a model/guide pair and score it on the test set")
+    train.add_argument("--model", default="vae", help="registered model (default: vae)")
+    train.add_argument("--guide", default="mean_field", help="registered guide (default: mean_field)")
+    train.add_argument("--dataset", default="digits", help="registered dataset (default: digits)")
+    train.add_argument("--data-root", default=None, help="folder holding downloaded datasets")
+    train.add_argument("--epochs", type=_positive_int, default=100)
+    train.add_argument("--batch-size", type=_positive_int, default=128)
+    train.add_argument("--lr", type=_positive_float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--objective", default="trace_elbo")
+    train.add_argument("--num-particles", type=_positive_int, default=1, help="particles per point (K for iwae)")
+    train.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE")
+    train.add_argument("--latent-dim", type=_positive_int, default=None)
+    train.add_argument("--likelihood", default=None)
+    train.add_argument("--model-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra model option (JSON value)")
+    train.add_argument("--guide-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra guide option (JSON value)")
+    train.add_argument("--data-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra dataset option (JSON value)")
+    train.add_argument("--num-samples", "-K", type=_positive_int, default=1000, help="importance samples for the test score")
+    train.add_argument("--device", default=None, help="cpu (default) or cuda")
+    train.add_argument("--out", default=None, help="run folder (default: runs/MODEL-GUIDE-DATASET-TIME)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run files in a non-empty --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="re-score a saved run's test set")
+    evaluate.add_argument("run", help="run folder")
+    evaluate.add_argument("--num-samples", "-K", type=_positive_int, default=1000)
+    evaluate.add_argument("--seed", type=int, default=None, help="default: the run's evaluation seed")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    sample = sub.add_parser("sample", help="draw new images from a saved run into a grid")
+    sample.add_argument("run", help="run folder")
+    sample.add_argument("-n", "--num", type=_positive_int, default=64)
+    sample.add_argument("--out", default="samples.png")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--draws", action="store_true", help="draw x ~ p(x|z) rather than showing E[x|z]")
+    sample.add_argument("--overwrite", action="store_true")
+    sample.set_defaults(func=cmd_sample)
+
+    listing = sub.add_parser("list", help="models, guides, datasets, objectives and which pairs fit")
+    listing.add_argument("--pairs", action="store_true", help="also say why each non-fitting pair does not fit")
+    listing.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GenmodError as error:
+        print(f"genmod: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genmod: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

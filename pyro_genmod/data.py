@@ -1,0 +1,143 @@
+"""Datasets: fixed train/validation/test splits as tensors, with Burda-style binarization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ._registry import load_registered_dataset, register_dataset
+from .errors import DataError
+
+__all__ = ["Dataset", "load_dataset", "BINARIZATIONS"]
+
+BINARIZATIONS = ("dynamic", "none")
+
+
+@dataclass
+class Dataset:
+    """Train, validation and test tensors of shape ``(N, *shape)`` with values as floats.
+
+    With ``binarization="dynamic"`` (Burda et al. 2015), ``train`` holds intensities in [0, 1]
+    and every training batch is redrawn as Bernoulli pixels by :meth:`training_batch`;
+    ``val`` and ``test`` were binarized once with a fixed seed. With ``"none"`` the tensors are
+    used as they are.
+    """
+
+    name: str
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    binarization: str = "none"
+    train_labels: Tensor | None = None
+    val_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.binarization not in BINARIZATIONS:
+            raise DataError(
+                f"unknown binarization '{self.binarization}'; choose one of {BINARIZATIONS}"
+            )
+        for split in ("train", "val", "test"):
+            tensor = getattr(self, split)
+            if tensor.ndim < 2 or tensor.shape[0] == 0:
+                raise DataError(
+                    f"dataset '{self.name}': the {split} split is empty or has no feature "
+                    f"dimension (shape {tuple(tensor.shape)}); each split needs shape (N, ...)"
+                )
+            bad = ~torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+            if bad.any():
+                row = int(bad.nonzero()[0])
+                raise DataError(
+                    f"dataset '{self.name}': the {split} split has NaN or inf values, first in "
+                    f"row {row}; clean or drop those rows"
+                )
+        shapes = {tuple(getattr(self, s).shape[1:]) for s in ("train", "val", "test")}
+        if len(shapes) != 1:
+            raise DataError(f"dataset '{self.name}': splits have different shapes {shapes}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Event shape of one data point, for example ``(1, 8, 8)``."""
+        return tuple(self.train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    def training_batch(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The batch as the model sees it: redrawn Bernoulli pixels under dynamic binarization."""
+        if self.binarization == "dynamic":
+            return torch.bernoulli(batch, generator=generator)
+        return batch
+
+
+def binarize_once(x: Tensor, seed: int) -> Tensor:
+    """One fixed Bernoulli draw of intensities in [0, 1] (for validation and test sets)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(x, generator=generator)
+
+
+def split_and_binarize(
+    name: str,
+    x: Tensor,
+    labels: Tensor | None,
+    *,
+    num_val: int,
+    num_test: int,
+    binarize: bool,
+    seed: int,
+    options: dict,
+) -> Dataset:
+    """Split ``x`` with a fixed permutation into train/val/test and apply the binarization mode."""
+    permutation = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    x = x[permutation]
+    labels = labels[permutation] if labels is not None else None
+    num_train = x.shape[0] - num_val - num_test
+    parts = torch.split(x, [num_train, num_val, num_test])
+    label_parts = torch.split(labels, [num_train, num_val, num_test]) if labels is not None else (None,) * 3
+    train, val, test = parts
+    if binarize:
+        val, test = binarize_once(val, seed + 1), binarize_once(test, seed + 2)
+    return Dataset(
+        name=name,
+        train=train.contiguous(),
+        val=val.contiguous(),
+        test=test.contiguous(),
+        binarization="dynamic" if binarize else "none",
+        train_labels=label_parts[0],
+        val_labels=label_parts[1],
+        test_labels=label_parts[2],
+        options=options,
+    )
+
+
+@register_dataset("digits")
+def digits(binarize: bool = True, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images), scaled to [0, 1]; the embedded default.
+
+    Fixed splits: 1,297 train, 200 validation, 300 test, from a permutation seeded by ``seed``.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    return split_and_binarize(
+        "digits", x, y, num_val=200, num_test=300, binarize=binarize, seed=seed,
+        options={"binarize": binarize, "seed": seed},
+    )
+
+
+def load_dataset(name: str = "digits", **kwargs) -> Dataset:
+    """Load a registered dataset by name; ``digits`` needs no download.
+
+    Example:
+        >>> import pyro_genmod as pg
+        >>> data = pg.load_dataset("digits")
+        >>> data.shape, data.train.shape[0], data.binarization
+        ((1, 8, 8), 1297, 'dynamic')
+    """
+    return load_registered_dataset(name, **kwargs)

@@ -1,0 +1,45 @@
+"""Exceptions raised by pyro-genmod; the CLI turns each into one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+__all__ = [
+    "GenmodError",
+    "UnknownNameError",
+    "PairingError",
+    "DataError",
+    "ConfigError",
+    "RunFolderError",
+    "TrainingDiverged",
+]
+
+
+class GenmodError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+
+class UnknownNameError(GenmodError, ValueError):
+    """An unknown model, guide, dataset or objective name."""
+
+
+class PairingError(GenmodError, ValueError):
+    """A guide that cannot cover a model's latent sites."""
+
+
+class DataError(GenmodError, ValueError):
+    """Data that a model or a dataset loader cannot use."""
+
+
+class ConfigError(GenmodError, ValueError):
+    """An invalid option value (epochs, batch size, K, learning rate, ...)."""
+
+
+class RunFolderError(GenmodError):
+    """A run folder that is missing, incomplete, from another version, or already taken."""
+
+
+class TrainingDiverged(GenmodError, RuntimeError):
+    """The loss became NaN or infinite. ``.result`` holds the run up to the last good state."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

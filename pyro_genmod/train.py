@@ -1,0 +1,205 @@
+"""Training by stochastic variational inference: Pyro's ELBO estimators, minibatches, Adam."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, DataError, TrainingDiverged
+from .latents import check_pair
+from .objectives import get_objective
+
+__all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: per-epoch history, timing and why it stopped."""
+
+    model: torch.nn.Module
+    guide: torch.nn.Module
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    best_epoch: int | None = None
+    stopped_reason: str = "completed"
+    options: dict = field(default_factory=dict)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def parameters(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Distinct trainable parameters of the modules (a part shared by two is counted once)."""
+    seen: dict[int, torch.nn.Parameter] = {}
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad:
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def evaluate_elbo(model, guide, x: Tensor, batch_size: int = 1024) -> float:
+    """Mean single-sample ELBO per point on ``x`` (no gradients), whatever the training objective."""
+    from .importance import log_importance_weights
+
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            total += float(log_importance_weights(model, guide, x[start : start + batch_size], 1).sum())
+    return total / x.shape[0]
+
+
+def _snapshot(model, guide) -> tuple[dict, dict]:
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict())
+
+
+def fit(
+    model,
+    guide,
+    data,
+    *,
+    epochs: int = 30,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    objective: str = "trace_elbo",
+    num_particles: int = 1,
+    early_stopping: int | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> FitResult:
+    """Fit ``model`` and ``guide`` to ``data.train`` by stochastic variational inference.
+
+    Each step draws a minibatch (redrawn Bernoulli pixels under dynamic binarization), computes
+    the objective with Pyro (``Trace_ELBO`` by default) and takes an Adam step on the model's
+    and guide's parameters. The validation ELBO is computed every epoch.
+
+    Arguments:
+        model, guide: a model and a guide built for it (the pair is checked before training).
+        data: a :class:`Dataset`.
+        epochs: passes over the training set.
+        batch_size: minibatch size; larger than the training set means full-batch steps.
+        lr: Adam learning rate.
+        seed: seeds minibatch order, binarization and latent noise.
+        objective: ``trace_elbo``, ``tracemeanfield_elbo``, ``traceenum_elbo``,
+            ``tracegraph_elbo`` or ``iwae``.
+        num_particles: particles per point (K for ``iwae``).
+        early_stopping: stop when the validation ELBO has not improved for this many epochs,
+            and restore the best parameters.
+        progress: show a tqdm progress bar with the ELBO.
+        device: where to train (``"cpu"``, ``"cuda"``); default: where the model is.
+
+    Returns:
+        A :class:`FitResult`. If the loss becomes NaN or infinite, the model and guide are
+        restored to the last good state and :class:`TrainingDiverged` is raised, carrying the
+        result so far.
+    """
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("num_particles", num_particles)
+    if early_stopping is not None:
+        check_positive_int("early_stopping", early_stopping)
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"the learning rate must be a positive number, got {lr!r}")
+    check_pair(model, guide)
+    loss_fn = get_objective(objective, num_particles)
+    train = data.train
+    if data.binarization == "dynamic":
+        if bool(((train < 0) | (train > 1)).any()):
+            raise DataError("dynamic binarization needs training intensities in [0, 1]")
+        model.validate_data(torch.bernoulli(train[:1].clamp(0, 1)), "training data")
+    else:
+        model.validate_data(train, "training data")
+    model.validate_data(data.val, "validation data")
+
+    device = torch.device(device) if device is not None else next(
+        (p.device for p in model.parameters()), torch.device("cpu")
+    )
+    model.to(device)
+    guide.to(device)
+    train, val = train.to(device), data.val.to(device)
+    pyro.set_rng_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    optimizer = torch.optim.Adam(parameters(model, guide), lr=lr)
+    options = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
+        num_particles=num_particles, early_stopping=early_stopping,
+    )
+    result = FitResult(model=model, guide=guide, options=options)
+    num_train = train.shape[0]
+    steps_per_epoch = math.ceil(num_train / batch_size)
+    last_good = _snapshot(model, guide)
+    best = (-math.inf, last_good)
+    start = time.perf_counter()
+    bar = tqdm(total=epochs * steps_per_epoch, disable=None if progress else True, unit="step", leave=False)
+    try:
+        for epoch in range(1, epochs + 1):
+            model.train(), guide.train()
+            order = torch.randperm(num_train, generator=generator, device=device)
+            epoch_loss = 0.0
+            for step, index in enumerate(order.split(batch_size)):
+                batch = data.training_batch(train[index], generator)
+                differentiable, value = loss_fn(model, guide, batch)
+                if not math.isfinite(value):
+                    model.load_state_dict(last_good[0]), guide.load_state_dict(last_good[1])
+                    result.stopped_reason = f"non-finite loss ({value}) at epoch {epoch}, step {step + 1}"
+                    result.train_seconds = time.perf_counter() - start
+                    raise TrainingDiverged(
+                        f"training stopped: the loss became {value} at epoch {epoch}, step "
+                        f"{step + 1}; parameters were restored to the end of epoch {epoch - 1} "
+                        f"(try a smaller learning rate)",
+                        result,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                differentiable.backward()
+                optimizer.step()
+                epoch_loss += value
+                bar.update(1)
+            model.eval(), guide.eval()
+            val_elbo = evaluate_elbo(model, guide, val)
+            record = {
+                "epoch": epoch,
+                "train_elbo": -epoch_loss / num_train,
+                "val_elbo": val_elbo,
+                "seconds": time.perf_counter() - start,
+            }
+            result.history.append(record)
+            bar.set_postfix(train_elbo=f"{record['train_elbo']:.2f}", val_elbo=f"{val_elbo:.2f}")
+            if not math.isfinite(val_elbo):
+                model.load_state_dict(last_good[0]), guide.load_state_dict(last_good[1])
+                result.stopped_reason = f"non-finite validation ELBO at epoch {epoch}"
+                raise TrainingDiverged(
+                    f"training stopped: the validation ELBO became {val_elbo} at epoch {epoch}; "
+                    f"parameters were restored to the end of epoch {epoch - 1}",
+                    result,
+                )
+            last_good = _snapshot(model, guide)
+            if val_elbo > best[0]:
+                best = (val_elbo, last_good)
+                result.best_epoch = epoch
+            elif early_stopping is not None and epoch - result.best_epoch >= early_stopping:
+                model.load_state_dict(best[1][0]), guide.load_state_dict(best[1][1])
+                result.stopped_reason = (
+                    f"early stopping: no validation improvement for {early_stopping} epochs; "
+                    f"restored epoch {result.best_epoch}"
+                )
+                break
+    finally:
+        bar.close()
+        result.train_seconds = time.perf_counter() - start
+    model.eval(), guide.eval()
+    return result
