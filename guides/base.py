@@ -99,8 +99,18 @@ class AmortizedGuide(Guide):
         """A distribution over a flat vector of ``size`` unconstrained values (event dim 1)."""
         raise NotImplementedError
 
+    def variational_parameters(self, x: Tensor) -> Tensor:
+        """The encoder output for ``x``: all sites' parameters, shape ``(N, sum(sizes))``.
+
+        A non-amortized (local) guide replaces this with free per-point parameters.
+        """
+        return self.encoder(x.reshape(x.shape[0], -1))
+
     def posterior(self, x: Tensor) -> dict[str, Distribution]:
-        params = self.encoder(x.reshape(x.shape[0], -1))
+        return self.posterior_from(self.variational_parameters(x))
+
+    def posterior_from(self, params: Tensor) -> dict[str, Distribution]:
+        """q(z|x) for each site from the parameters :meth:`variational_parameters` returns."""
         result = {}
         for site, chunk in zip(self.latent_sites, params.split(self.sizes, dim=-1)):
             shape = self.shapes[site.name]
