@@ -25,6 +25,8 @@ def psis_khat(log_weights: np.ndarray) -> np.ndarray:
     or more samples) get NaN rather than arviz's ``inf``.
     """
     log_weights = np.asarray(log_weights, dtype=np.float64)
+    if log_weights.shape[-1] < 5:  # no tail to fit; arviz itself fails below 2 samples
+        return np.full(log_weights.shape[:-1], np.nan)
     az = _arviz()
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")

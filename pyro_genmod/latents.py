@@ -41,12 +41,19 @@ class LatentSite:
 
 def describe_support(support: constraints.Constraint) -> str:
     """A short readable name for a constraint (``real``, ``simplex``, ``integer_interval(0, 9)``)."""
-    text = repr(support)
-    # torch's reprs look like "IndependentConstraint(Real(), 1)"; keep the inner name.
-    while text.startswith("IndependentConstraint("):
+    while isinstance(support, constraints.independent):  # "IndependentConstraint(Real(), 1)"
         support = support.base_constraint
-        text = repr(support)
-    return text.replace("()", "").lower()
+    if id(support) in _CONSTRAINT_NAMES:
+        return _CONSTRAINT_NAMES[id(support)]
+    return repr(support).replace("()", "").lower()
+
+
+# The public singletons of torch.distributions.constraints by name: real, positive, simplex, ...
+_CONSTRAINT_NAMES = {
+    id(value): name
+    for name, value in reversed(list(vars(constraints).items()))
+    if isinstance(value, constraints.Constraint) and not name.startswith("_")
+}
 
 
 def _same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
