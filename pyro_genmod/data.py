@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -10,7 +11,7 @@ from torch import Tensor
 from ._registry import load_registered_dataset, register_dataset
 from .errors import DataError
 
-__all__ = ["Dataset", "load_dataset", "BINARIZATIONS"]
+__all__ = ["Dataset", "load_dataset", "BINARIZATIONS", "require_files", "train_test_dataset"]
 
 BINARIZATIONS = ("dynamic", "none")
 
@@ -114,6 +115,57 @@ def split_and_binarize(
     )
 
 
+def require_files(name: str, folder: str | Path, files: list[str], how: str) -> Path:
+    """Check that ``folder`` holds ``files``; otherwise raise one :class:`DataError` saying
+    which folder was searched, which files are expected and ``how`` to get them."""
+    folder = Path(folder)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DataError(
+            f"dataset '{name}' not found: expected {', '.join(files)} in '{folder}' "
+            f"(missing {', '.join(missing)}); {how}"
+        )
+    return folder
+
+
+def train_test_dataset(
+    name: str,
+    train: Tensor,
+    train_labels: Tensor | None,
+    test: Tensor,
+    test_labels: Tensor | None,
+    *,
+    num_val: int,
+    binarize: bool,
+    seed: int,
+    options: dict,
+) -> Dataset:
+    """A dataset from an official train/test split: the last ``num_val`` points of a fixed
+    permutation of ``train`` become the validation set; the test set is kept whole and, with
+    ``binarize``, drawn once as Bernoulli pixels with a fixed seed (Burda et al. 2015)."""
+    if not isinstance(num_val, int) or not 0 < num_val < train.shape[0]:
+        raise DataError(
+            f"dataset '{name}': num_val must be an integer between 1 and {train.shape[0] - 1}, "
+            f"got {num_val!r}"
+        )
+    permutation = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))
+    train_idx, val_idx = permutation[:-num_val], permutation[-num_val:]
+    val = train[val_idx]
+    if binarize:
+        val, test = binarize_once(val, seed + 1), binarize_once(test, seed + 2)
+    return Dataset(
+        name=name,
+        train=train[train_idx].contiguous(),
+        val=val.contiguous(),
+        test=test.contiguous(),
+        binarization="dynamic" if binarize else "none",
+        train_labels=train_labels[train_idx] if train_labels is not None else None,
+        val_labels=train_labels[val_idx] if train_labels is not None else None,
+        test_labels=test_labels,
+        options=options,
+    )
+
+
 @register_dataset("digits")
 def digits(binarize: bool = True, seed: int = 0) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 images), scaled to [0, 1]; the embedded default.
@@ -141,3 +193,7 @@ def load_dataset(name: str = "digits", **kwargs) -> Dataset:
         ((1, 8, 8), 1297, 'dynamic')
     """
     return load_registered_dataset(name, **kwargs)
+
+
+# Loaders in these modules register themselves on import; the registry imports this module.
+from . import image_datasets, tabular, toy2d  # noqa: E402,F401
