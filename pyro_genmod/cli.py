@@ -260,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # usage errors (code 2) and --help (code 0)
+        return int(exit_.code or 0)
     try:
         return args.func(args)
     except GenmodError as error:
