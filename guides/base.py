@@ -14,7 +14,7 @@ from torch.distributions.transforms import ComposeTransform, ReshapeTransform, T
 from pyro_genmod.latents import LatentSite
 from pyro_genmod.nn import mlp
 
-__all__ = ["Guide", "AmortizedGuide", "unconstraining"]
+__all__ = ["Guide", "AmortizedGuide", "unconstraining", "onto_site"]
 
 
 class Guide(nn.Module):
@@ -49,8 +49,14 @@ class Guide(nn.Module):
         return None
 
     def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
+        # Discrete sites are marked for enumeration: TraceEnum_ELBO sums over them exactly,
+        # every other estimator (and the scorer) samples them.
+        enumerate_ = {s.name: {"enumerate": "parallel"} for s in self.latent_sites if s.discrete}
         with pyro.plate("data", x.shape[0]):
-            return {name: pyro.sample(name, q) for name, q in self.posterior(x).items()}
+            return {
+                name: pyro.sample(name, q, infer=enumerate_.get(name, {}))
+                for name, q in self.posterior(x).items()
+            }
 
     def posterior(self, x: Tensor) -> dict[str, Distribution]:
         """q(z|x) for each latent site."""
@@ -67,6 +73,23 @@ def unconstraining(site: LatentSite) -> tuple[tuple[int, ...], Transform | None]
         return tuple(site.event_shape), None
     transform = biject_to(site.support)
     return tuple(transform.inverse_shape(site.event_shape)), transform
+
+
+def onto_site(q: Distribution, site: LatentSite) -> Distribution:
+    """Map ``q`` over a flat unconstrained vector onto ``site``'s shape and support.
+
+    The transforms are cached, so a flow that can only score its own samples (planar, radial,
+    Sylvester) still scores them through the reshape and the support transform.
+    """
+    shape, transform = unconstraining(site)
+    transforms: list[Transform] = []
+    if shape != (prod(shape),):
+        transforms.append(ReshapeTransform((prod(shape),), shape))
+    if transform is not None:
+        transforms.append(transform)
+    if not transforms:
+        return q
+    return pyro.distributions.TransformedDistribution(q, ComposeTransform(transforms, cache_size=1))
 
 
 class AmortizedGuide(Guide):
@@ -113,17 +136,12 @@ class AmortizedGuide(Guide):
         """q(z|x) for each site from the parameters :meth:`variational_parameters` returns."""
         result = {}
         for site, chunk in zip(self.latent_sites, params.split(self.sizes, dim=-1)):
-            shape = self.shapes[site.name]
-            q = self.site_distribution(chunk, prod(shape))
-            transforms = []
-            if shape != (prod(shape),):
-                transforms.append(ReshapeTransform((prod(shape),), shape))
-            if self.transforms[site.name] is not None:
-                transforms.append(self.transforms[site.name])
-            if transforms:
-                q = pyro.distributions.TransformedDistribution(q, ComposeTransform(transforms))
-            result[site.name] = q
+            result[site.name] = onto_site(self.flat_posterior(site, chunk), site)
         return result
+
+    def flat_posterior(self, site: LatentSite, params: Tensor) -> Distribution:
+        """q over ``site``'s flat unconstrained vector; flow guides add their transforms here."""
+        return self.site_distribution(params, prod(self.shapes[site.name]))
 
 
 def softplus_scale(raw: Tensor) -> Tensor:
