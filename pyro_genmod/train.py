@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -12,6 +13,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpointer
+from .distributed import DataParallel
 from .errors import ConfigError, DataError, TrainingDiverged
 from .latents import check_pair
 from .objectives import get_objective
@@ -81,6 +84,9 @@ def fit(
     early_stopping: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    checkpoint: Checkpointer | str | None = None,
+    resume: bool = False,
+    distributed: bool = False,
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data.train`` by stochastic variational inference.
 
@@ -102,6 +108,12 @@ def fit(
             and restore the best parameters.
         progress: show a tqdm progress bar with the ELBO.
         device: where to train (``"cpu"``, ``"cuda"``); default: where the model is.
+        checkpoint: a run folder (or a :class:`Checkpointer`) to write a checkpoint to at the
+            end of every epoch (and every N steps with ``Checkpointer(folder, every=N)``).
+        resume: continue from the checkpoint in ``checkpoint``, bit for bit as if the fit
+            had never stopped (same options required; ``epochs`` may grow).
+        distributed: data-parallel over the initialized torch.distributed process group
+            (see :mod:`pyro_genmod.distributed`); ``batch_size`` is per rank.
 
     Returns:
         A :class:`FitResult`. If the loss becomes NaN or infinite, the model and guide are
@@ -132,28 +144,66 @@ def fit(
     model.to(device)
     guide.to(device)
     train, val = train.to(device), data.val.to(device)
-    pyro.set_rng_seed(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    ddp = DataParallel.current() if distributed else None
+    world = ddp.world_size if ddp else 1
+    pyro.set_rng_seed(seed + (ddp.rank if ddp else 0))  # ranks draw different latent noise
+    generator = torch.Generator(device=device).manual_seed(seed)  # same data order on all ranks
+    if ddp:
+        ddp.broadcast_parameters((model, guide))
     optimizer = torch.optim.Adam(parameters(model, guide), lr=lr)
     options = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
         num_particles=num_particles, early_stopping=early_stopping,
     )
+    if ddp:
+        options["world_size"] = world
     result = FitResult(model=model, guide=guide, options=options)
-    num_train = train.shape[0]
-    steps_per_epoch = math.ceil(num_train / batch_size)
+    num_train = train.shape[0] + (-train.shape[0] % world)  # padded like DistributedSampler
+    steps_per_epoch = math.ceil(num_train / (batch_size * world))
     last_good = _snapshot(model, guide)
     best = (-math.inf, last_good)
-    start = time.perf_counter()
-    bar = tqdm(total=epochs * steps_per_epoch, disable=None if progress else True, unit="step", leave=False)
+    saver = Checkpointer(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    first_epoch, skip, order, epoch_loss, elapsed = 1, 0, None, 0.0, 0.0
+    if resume:
+        if saver is None:
+            raise ConfigError("resume=True needs checkpoint=<run folder> to resume from")
+        r = saver.restore(model, guide, optimizer, generator, options, ddp)
+        first_epoch, skip, order, epoch_loss, elapsed = r.epoch, r.step, r.order, r.epoch_loss, r.seconds
+        result.history, result.best_epoch = r.history, r.best_epoch
+        last_good = r.last_good or _snapshot(model, guide)
+        best = (r.best_value, r.best or last_good)
+
+    def save_checkpoint(next_epoch: int, next_step: int) -> None:
+        progress = dict(
+            epoch=next_epoch, step=next_step, epoch_loss=epoch_loss, history=result.history,
+            seconds=time.perf_counter() - start, best_epoch=result.best_epoch, best_value=best[0],
+            options=options,
+        )
+        mid_epoch = next_step > 0
+        saver.save(
+            model, guide, optimizer, generator, progress, order=order if mid_epoch else None,
+            last_good=last_good if mid_epoch else None, best=best[1] if early_stopping else None, ddp=ddp,
+        )
+
+    start = time.perf_counter() - elapsed
+    bar = tqdm(
+        total=epochs * steps_per_epoch, initial=min((first_epoch - 1) * steps_per_epoch + skip, epochs * steps_per_epoch),
+        disable=None if progress and (ddp is None or ddp.is_main) else True, unit="step", leave=False,
+    )
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
             model.train(), guide.train()
-            order = torch.randperm(num_train, generator=generator, device=device)
-            epoch_loss = 0.0
-            for step, index in enumerate(order.split(batch_size)):
+            if order is None:
+                order = torch.randperm(train.shape[0], generator=generator, device=device)
+            for step, index in enumerate((ddp.pad(order) if ddp else order).split(batch_size * world)):
+                if step < skip:  # done before the checkpoint this fit resumed from
+                    continue
                 batch = data.training_batch(train[index], generator)
+                if ddp:  # binarize the global batch, so the draws match one process, then shard
+                    batch = ddp.shard(batch)
                 differentiable, value = loss_fn(model, guide, batch)
+                if ddp:
+                    value = ddp.sum(value)
                 if not math.isfinite(value):
                     model.load_state_dict(last_good[0]), guide.load_state_dict(last_good[1])
                     result.stopped_reason = f"non-finite loss ({value}) at epoch {epoch}, step {step + 1}"
@@ -166,11 +216,18 @@ def fit(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 differentiable.backward()
+                if ddp:
+                    ddp.sum_gradients(optimizer.param_groups[0]["params"])
                 optimizer.step()
                 epoch_loss += value
                 bar.update(1)
+                if saver is not None and saver.due((epoch - 1) * steps_per_epoch + step + 1):
+                    save_checkpoint(epoch, step + 1)
             model.eval(), guide.eval()
-            val_elbo = evaluate_elbo(model, guide, val)
+            if ddp:
+                val_elbo = ddp.mean_over_shards(lambda x: evaluate_elbo(model, guide, x), val)
+            else:
+                val_elbo = evaluate_elbo(model, guide, val)
             record = {
                 "epoch": epoch,
                 "train_elbo": -epoch_loss / num_train,
@@ -198,6 +255,9 @@ def fit(
                     f"restored epoch {result.best_epoch}"
                 )
                 break
+            order, skip, epoch_loss = None, 0, 0.0
+            if saver is not None:
+                save_checkpoint(epoch + 1, 0)
     finally:
         bar.close()
         result.train_seconds = time.perf_counter() - start

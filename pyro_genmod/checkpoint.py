@@ -1,0 +1,315 @@
+"""Training checkpoints: one safetensors file, written atomically, read without unpickling.
+
+A checkpoint holds everything a fit needs to continue bit for bit where it stopped: model and
+guide tensors, the optimizer state, the RNG states (torch, numpy, python and the fit's
+data-order generator), the epoch, the step within it, that epoch's data order, the history so
+far, and a ``spec`` saying how to rebuild the run. Tensors are stored as safetensors; every
+other value lives as JSON in the file's metadata, under a SHA-256 digest of the tensors, so a
+truncated or altered file is refused instead of half-loaded. Nothing is ever unpickled: a
+``torch.save`` file (a pickle, which can run code when loaded) is refused before it is parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor
+
+from .errors import ConfigError, RunFolderError
+from .runs import _atomic_write
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CHECKPOINT_VERSION",
+    "Checkpoint",
+    "Checkpointer",
+    "save_checkpoint",
+    "Resumed",
+    "load_checkpoint",
+]
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+CHECKPOINT_VERSION = 1
+_META_KEY = "pyro_genmod_checkpoint"
+# torch.save writes a zip archive around a pickle; older files and plain pickles start with
+# the pickle PROTO opcode. Either means "this file wants to be unpickled": refuse it.
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: named CPU tensors and the JSON metadata beside them."""
+
+    tensors: dict[str, Tensor]
+    meta: dict
+    path: Path | None = None
+
+    def group(self, prefix: str) -> dict[str, Tensor] | None:
+        """The tensors under ``prefix.`` with the prefix removed (``None`` if there are none)."""
+        start = prefix + "."
+        found = {k[len(start):]: v for k, v in self.tensors.items() if k.startswith(start)}
+        return found or None
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        sha.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
+
+
+def _write_bytes(path: str, payload: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict) -> Path:
+    """Write ``tensors`` and ``meta`` (JSON-able) to ``path`` atomically.
+
+    The file is written to a temporary name in the same folder, synced, then moved over
+    ``path`` with ``os.replace``, so a kill at any moment leaves either the previous checkpoint
+    or the new one, never a mix.
+    """
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"version": CHECKPOINT_VERSION, **meta, "sha256": _digest(tensors)}
+    payload = safetensors_bytes(tensors, metadata={_META_KEY: json.dumps(meta)})
+    try:
+        _atomic_write(path, lambda tmp: _write_bytes(tmp, payload))
+    except OSError as error:
+        raise RunFolderError(f"cannot write checkpoint '{path}': {error.strerror or error}") from None
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`, never unpickling anything.
+
+    Raises :class:`RunFolderError` for a missing file, a pickle (``torch.save``) file, a
+    truncated or corrupted file (bad header, digest mismatch) or another format version.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as error:
+        raise RunFolderError(f"cannot read checkpoint '{path}': {error.strerror or error}") from None
+    if head.startswith(_PICKLE_MAGIC):
+        raise RunFolderError(
+            f"'{path}' is a pickle (torch.save) file, which could run code when loaded; it was "
+            f"not opened. Checkpoints are safetensors files written by pyro-genmod"
+        )
+    try:
+        tensors: dict[str, Tensor] = {}
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(_META_KEY)
+            for name in handle.keys():
+                tensors[name] = handle.get_tensor(name)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunFolderError(
+            f"checkpoint '{path}' is truncated or corrupted ({reason}); resume from an intact "
+            f"copy or start the run again"
+        ) from None
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise RunFolderError(f"'{path}' is a safetensors file but not a pyro-genmod checkpoint (no metadata)")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise RunFolderError(
+            f"checkpoint '{path}' has format version {meta.get('version')!r}, but this "
+            f"pyro-genmod reads version {CHECKPOINT_VERSION}; start the run again"
+        )
+    if meta.get("sha256") != _digest(tensors):
+        raise RunFolderError(
+            f"checkpoint '{path}' is corrupted (its tensors do not match the stored SHA-256); "
+            f"resume from an intact copy or start the run again"
+        )
+    return Checkpoint(tensors=tensors, meta=meta, path=path)
+
+
+# --- training state <-> (tensors, JSON) -------------------------------------------------------
+
+
+def _rng_state(generator: torch.Generator) -> tuple[dict[str, Tensor], dict]:
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.generator": generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    meta = {
+        "python": [version, list(words), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(ckpt: Checkpoint, generator: torch.Generator) -> None:
+    torch.set_rng_state(ckpt.tensors["rng.torch"])
+    generator.set_state(ckpt.tensors["rng.generator"])
+    cuda = ckpt.group("rng.cuda")
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([cuda[str(i)] for i in range(len(cuda))])
+    version, words, gauss = ckpt.meta["rng"]["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, pos, has_gauss, cached = ckpt.meta["rng"]["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _set_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    saved = ckpt.meta["optimizer"]
+    state: dict[int, dict] = {}
+    for name, value in (ckpt.group("optim") or {}).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in saved["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in saved["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _prefixed(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+@dataclass
+class Checkpointer:
+    """Where and how often :func:`~pyro_genmod.train.fit` writes checkpoints.
+
+    A checkpoint is written at the end of every epoch, and also every ``every`` optimizer steps
+    when that is set. ``spec`` (JSON) is stored in each checkpoint; the run folder code uses it
+    to rebuild the model, guide and data on ``genmod train --resume``.
+
+    Arguments:
+        folder: the run folder; the checkpoint is ``folder/checkpoint.safetensors``.
+        every: also checkpoint every this many steps (``None``: only at epoch ends).
+        spec: what rebuilds the run (model, guide, dataset, fit options).
+    """
+
+    folder: Path
+    every: int | None = None
+    spec: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        if self.every is not None and (isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1):
+            raise ConfigError(f"checkpoint_every must be a positive integer, got {self.every!r}")
+
+    @property
+    def path(self) -> Path:
+        return self.folder / CHECKPOINT_FILE
+
+    def due(self, global_step: int) -> bool:
+        return self.every is not None and global_step % self.every == 0
+
+    def save(self, model, guide, optimizer, generator, progress: dict, *, order: Tensor | None = None,
+             last_good: tuple[dict, dict] | None = None, best: tuple[dict, dict] | None = None,
+             ddp=None) -> None:
+        """Write the state of a fit; ``progress`` is JSON (epoch, step, history, options...).
+
+        Under data parallelism every rank must call this (the ranks' RNG states are gathered);
+        only rank 0 writes.
+        """
+        rank_states = ddp.gather_rng_states() if ddp is not None else {}
+        if ddp is not None and not ddp.is_main:
+            return
+        tensors = {**_prefixed("model", model.state_dict()), **_prefixed("guide", guide.state_dict())}
+        optim_tensors, optim_meta = _optimizer_state(optimizer)
+        rng_tensors, rng_meta = _rng_state(generator)
+        tensors.update(optim_tensors)
+        tensors.update(rng_tensors)
+        tensors.update(rank_states)
+        if order is not None:
+            tensors["order"] = order
+        for name, states in (("last_good", last_good), ("best", best)):
+            if states is not None:
+                tensors.update(_prefixed(f"{name}.model", states[0]))
+                tensors.update(_prefixed(f"{name}.guide", states[1]))
+        meta = {"progress": progress, "optimizer": optim_meta, "rng": rng_meta, "spec": self.spec}
+        save_checkpoint(self.path, tensors, meta)
+
+    def load(self) -> Checkpoint:
+        if not self.path.is_file():
+            raise RunFolderError(f"no checkpoint to resume from in '{self.folder}' (expected {CHECKPOINT_FILE})")
+        return load_checkpoint(self.path)
+
+    def restore(self, model, guide, optimizer, generator, options: dict, ddp=None) -> Resumed:
+        """Load the checkpoint into the modules, optimizer and RNGs; return where the fit was.
+
+        Refuses a checkpoint whose training options (other than ``epochs``) differ from
+        ``options``, since continuing under other settings would not be the same run.
+        """
+        ckpt = self.load()
+        progress = ckpt.meta["progress"]
+        saved = progress.get("options", {})
+        for key in sorted(set(saved) | set(options)):
+            if key != "epochs" and saved.get(key) != options.get(key):
+                raise ConfigError(
+                    f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, "
+                    f"this call asks for {key}={options.get(key)!r}; use the checkpoint's value"
+                )
+        try:
+            model.load_state_dict(ckpt.group("model") or {}, strict=True)
+            guide.load_state_dict(ckpt.group("guide") or {}, strict=True)
+            _set_optimizer_state(optimizer, ckpt)
+        except (RuntimeError, ValueError, KeyError) as error:
+            first = str(error).splitlines()[0]
+            raise RunFolderError(f"checkpoint '{self.path}' does not match this model and guide: {first}") from None
+        _set_rng_state(ckpt, generator)
+        if ddp is not None:
+            torch.set_rng_state(ckpt.tensors[f"rng.rank.{ddp.rank}"])
+
+        def states(name: str) -> tuple[dict, dict] | None:
+            model_state = ckpt.group(f"{name}.model")
+            return None if model_state is None else (model_state, ckpt.group(f"{name}.guide") or {})
+
+        return Resumed(
+            epoch=progress["epoch"], step=progress["step"], epoch_loss=progress["epoch_loss"],
+            seconds=progress["seconds"], history=progress["history"], best_epoch=progress["best_epoch"],
+            best_value=progress["best_value"], order=ckpt.tensors.get("order"),
+            last_good=states("last_good"), best=states("best"),
+        )
+
+
+@dataclass
+class Resumed:
+    """Where a checkpointed fit stopped: continue epoch ``epoch`` after its first ``step`` steps."""
+
+    epoch: int
+    step: int
+    epoch_loss: float
+    seconds: float
+    history: list[dict]
+    best_epoch: int | None
+    best_value: float
+    order: Tensor | None
+    last_good: tuple[dict, dict] | None
+    best: tuple[dict, dict] | None
