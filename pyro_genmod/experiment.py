@@ -8,12 +8,14 @@ import pyro
 
 from ._registry import create_guide, create_model
 from .data import Dataset
-from .errors import TrainingDiverged
+from .checkpoint import CHECKPOINT_FILE, Checkpointer
+from .distributed import is_main_process
+from .errors import RunFolderError, TrainingDiverged
 from .importance import LogLikelihood, log_likelihood
 from .runs import prepare_run_folder, save_run
 from .train import FitResult, check_positive_int, fit
 
-__all__ = ["score", "run_experiment"]
+__all__ = ["score", "run_experiment", "resume_experiment"]
 
 
 def score(model, guide, x, num_samples: int, seed: int = 0) -> tuple[LogLikelihood, str]:
@@ -59,24 +61,49 @@ def run_experiment(
     eval_seed: int = 0,
     out: str | Path | None = None,
     overwrite: bool = False,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
     **fit_options,
 ) -> tuple[dict, FitResult, Path | None]:
     """Build ``model_name`` with ``guide_name`` for ``data``, fit, score the test set, save.
 
     The output folder is checked before training, so a taken or unwritable ``out`` fails fast.
-    If training diverges, the last good state is still scored and saved, then
-    :class:`TrainingDiverged` is re-raised.
+    With ``out``, a checkpoint is written there every epoch (and every ``checkpoint_every``
+    steps); ``resume=True`` continues from it. If training diverges, the last good state is
+    still scored and saved, then :class:`TrainingDiverged` is re-raised. Under
+    ``distributed=True`` only rank 0 writes and scores; other ranks return empty metrics.
     """
     check_positive_int("the number of importance samples K", num_samples)
-    folder = prepare_run_folder(out, overwrite) if out is not None else None
+    main = is_main_process()
+    folder = None if out is None else Path(out)
+    if folder is not None and resume:
+        if (folder / "config.json").is_file():
+            raise RunFolderError(f"run folder '{folder}' holds a finished run; there is nothing to resume")
+    elif folder is not None and main:
+        folder = prepare_run_folder(folder, overwrite)
+        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # a stale one must never be resumed
     pyro.set_rng_seed(fit_options.get("seed", 0))  # parameter initialisation follows the seed
     model = create_model(model_name, data, **(model_options or {}))
     guide = create_guide(guide_name, model, **(guide_options or {}))
+    if folder is not None:
+        spec = {
+            "model": {"name": model_name, "options": model_options or {}},
+            "guide": {"name": guide_name, "options": guide_options or {}},
+            "dataset": {"name": data.name, "options": data.options},
+            "evaluation": {"num_samples": num_samples, "seed": eval_seed},
+            "checkpoint_every": checkpoint_every,
+            "fit": {k: v for k, v in fit_options.items() if k not in ("progress", "device", "distributed")},
+        }
+        fit_options["checkpoint"] = Checkpointer(folder, every=checkpoint_every, spec=spec)
     diverged = None
     try:
-        result = fit(model, guide, data, **fit_options)
+        result = fit(model, guide, data, resume=resume, **fit_options)
     except TrainingDiverged as error:
         diverged, result = error, error.result
+    if not main:
+        if diverged is not None:
+            raise diverged
+        return {}, result, None
     ll, proposal = score(model, guide, data.test, num_samples, seed=eval_seed)
     metrics = metrics_of(ll, proposal, result)
     if folder is not None:
@@ -88,3 +115,37 @@ def run_experiment(
     if diverged is not None:
         raise diverged
     return metrics, result, folder
+
+
+def resume_experiment(
+    out: str | Path, *, progress: bool = True, device: str | None = None, distributed: bool = False
+) -> tuple[dict, FitResult, Path | None]:
+    """Continue the interrupted run in ``out`` from its checkpoint, then score and save it.
+
+    The model, guide, dataset and every training option come from the checkpoint, so the
+    result is bit for bit the run that would have finished without the interruption (on the
+    CPU, with the same thread count).
+    """
+    from .data import load_dataset
+
+    folder = Path(out)
+    if not folder.is_dir():
+        raise RunFolderError(f"run folder '{folder}' does not exist; nothing to resume")
+    spec = Checkpointer(folder).load().meta.get("spec") or {}
+    try:
+        model, guide, dataset, evaluation = spec["model"], spec["guide"], spec["dataset"], spec["evaluation"]
+        options = dict(
+            model_options=model["options"], guide_options=guide["options"],
+            num_samples=evaluation["num_samples"], eval_seed=evaluation["seed"],
+            checkpoint_every=spec["checkpoint_every"], **spec["fit"],
+        )
+    except (KeyError, TypeError) as error:
+        raise RunFolderError(
+            f"the checkpoint in '{folder}' does not say how to rebuild its run (missing {error}); "
+            f"resume it from Python with fit(..., checkpoint=folder, resume=True)"
+        ) from None
+    data = load_dataset(dataset["name"], **dataset["options"])
+    return run_experiment(
+        model["name"], guide["name"], data, out=folder, resume=True, progress=progress,
+        device=device, distributed=distributed, **options,
+    )
