@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,33 +90,63 @@ def _dataset_options(args) -> dict:
     return options
 
 
+def _check_resume_args(args) -> None:
+    """``--resume`` takes every option from the checkpoint; refuse ones that would be ignored."""
+    from .errors import ConfigError
+
+    defaults = vars(build_parser().parse_args(["train"]))
+    allowed = {"resume", "quiet", "device", "distributed", "func", "command"}
+    changed = [k for k, v in vars(args).items() if k not in allowed and v != defaults.get(k)]
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise ConfigError(f"--resume continues the run with the options in its checkpoint; drop {flags}")
+
+
 def cmd_train(args) -> int:
     from .data import load_dataset
-    from .experiment import run_experiment
+    from .distributed import init_distributed, is_main_process, launched_by_torchrun
+    from .experiment import resume_experiment, run_experiment
 
-    data = load_dataset(args.dataset, **_dataset_options(args))
-    model_options = dict(args.model_opt or [])
-    if args.latent_dim is not None:
-        model_options["latent_dim"] = args.latent_dim
-    if args.likelihood is not None:
-        model_options["likelihood"] = args.likelihood
-    out = Path(args.out) if args.out else _default_out(args)
+    distributed = args.distributed or (launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1)
+    if args.resume is not None:
+        _check_resume_args(args)
+        out, what = Path(args.resume), f"run {args.resume}"
+    else:
+        data = load_dataset(args.dataset, **_dataset_options(args))
+        model_options = dict(args.model_opt or [])
+        if args.latent_dim is not None:
+            model_options["latent_dim"] = args.latent_dim
+        if args.likelihood is not None:
+            model_options["likelihood"] = args.likelihood
+        out, what = Path(args.out) if args.out else _default_out(args), f"{args.model} + {args.guide} on {args.dataset}"
+    if distributed:
+        init_distributed()
     try:
-        metrics, result, folder = run_experiment(
-            args.model, args.guide, data,
-            model_options=model_options, guide_options=dict(args.guide_opt or []),
-            num_samples=args.num_samples, eval_seed=args.seed, out=out, overwrite=args.overwrite,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-            objective=args.objective, num_particles=args.num_particles,
-            early_stopping=args.early_stopping, progress=not args.quiet, device=args.device,
-        )
+        if args.resume is not None:
+            metrics, result, folder = resume_experiment(
+                out, progress=not args.quiet, device=args.device, distributed=distributed
+            )
+        else:
+            metrics, result, folder = run_experiment(
+                args.model, args.guide, data,
+                model_options=model_options, guide_options=dict(args.guide_opt or []),
+                num_samples=args.num_samples, eval_seed=args.seed, out=out, overwrite=args.overwrite,
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                objective=args.objective, num_particles=args.num_particles,
+                early_stopping=args.early_stopping, progress=not args.quiet, device=args.device,
+                checkpoint_every=args.checkpoint_every, distributed=distributed,
+            )
     except TrainingDiverged as error:
         print(f"genmod: {error} (last good state saved in {out})", file=sys.stderr)
         return 1
-    print(
-        f"trained {args.model} + {args.guide} on {args.dataset}: {result.epochs_run} epochs in "
-        f"{result.train_seconds:.1f} s ({result.stopped_reason})"
-    )
+    finally:
+        if distributed:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if not is_main_process() or (distributed and folder is None):
+        return 0
+    print(f"trained {what}: {result.epochs_run} epochs in {result.train_seconds:.1f} s ({result.stopped_reason})")
     _print_scores(metrics)
     print(f"run saved to {folder}")
     return 0
@@ -235,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="run folder (default: runs/MODEL-GUIDE-DATASET-TIME)")
     train.add_argument("--overwrite", action="store_true", help="replace the run files in a non-empty --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="STEPS",
+                       help="also checkpoint every STEPS steps (a checkpoint is written every epoch)")
+    train.add_argument("--resume", default=None, metavar="DIR", help="continue the interrupted run in DIR")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the processes torchrun starts (--batch-size is per process)")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="re-score a saved run's test set")
