@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import pyro
 import torch
 from pyro.distributions import Distribution
@@ -10,7 +13,7 @@ from torch import Tensor, nn
 from pyro_genmod.errors import DataError
 from pyro_genmod.latents import LatentSite
 
-__all__ = ["GenerativeModel"]
+__all__ = ["GenerativeModel", "takes_labels", "with_labels", "training_labels"]
 
 
 class GenerativeModel(nn.Module):
@@ -20,11 +23,24 @@ class GenerativeModel(nn.Module):
     :meth:`likelihood` (the distribution of the observed site ``"x"`` given the latents). Both
     run inside ``pyro.plate("data", N)`` at dim -1, so every site is local to a data point.
     Called without data, the model draws ``num_samples`` new points.
+
+    Labels: a model with ``uses_labels = True`` (``cvae``, ``m2``) also takes ``y``, a long
+    tensor of shape ``(N,)`` of class indices, with -1 marking a point whose label is unknown
+    where the model allows it. :func:`~pyro_genmod.train.fit` passes ``data.train_labels`` to
+    such a model, and to its guide when the guide's ``forward`` has a ``y`` argument
+    (:func:`with_labels`); guides without one see x alone. Scoring and ``evaluate_elbo`` call
+    the model without labels, so a label-using model must also define p(x) on its own
+    (marginalizing y). A model with ``has_log_likelihood = False`` (``ae``, improper prior) has
+    no log p(x) to estimate.
     """
 
     registry_name = "model"
     latent_sites: tuple[LatentSite, ...] = ()
     max_plate_nesting = 1
+    uses_labels = False
+    allows_missing_labels = False
+    num_classes = 0
+    has_log_likelihood = True
 
     def __init__(self, data_shape: tuple[int, ...]):
         super().__init__()
@@ -49,6 +65,19 @@ class GenerativeModel(nn.Module):
         """p(x | z) with event shape ``data_shape``."""
         raise NotImplementedError
 
+    def validate_labels(self, y: Tensor, num: int, what: str = "labels") -> None:
+        """Raise :class:`DataError` unless ``y`` holds ``num`` class indices (-1: unknown, where allowed)."""
+        name = self.registry_name
+        if not isinstance(y, Tensor) or y.dtype not in (torch.int64, torch.int32) or y.shape != (num,):
+            got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            raise DataError(f"{what} must be an integer tensor of shape ({num},), got {got}")
+        low = -1 if self.allows_missing_labels else 0
+        if bool(((y < low) | (y >= self.num_classes)).any()):
+            missing = "; -1 marks an unknown label" if self.allows_missing_labels else (
+                f"; model '{name}' needs every label (use 'm2' for partly labelled data)"
+            )
+            raise DataError(f"{what} must lie in [{low}, {self.num_classes - 1}] for model '{name}'{missing}")
+
     def validate_data(self, x: Tensor, what: str = "data") -> None:
         """Raise :class:`DataError` naming the problem if ``x`` cannot be scored by this model."""
         if not isinstance(x, Tensor):
@@ -69,3 +98,39 @@ class GenerativeModel(nn.Module):
         problem = problem.data_problem(x) if problem is not None else None
         if problem:
             raise DataError(f"{what}: {problem}")
+
+
+def takes_labels(fn) -> bool:
+    """Whether a model or guide accepts labels: a label-using model, or a ``forward`` with ``y``."""
+    if getattr(fn, "uses_labels", False):
+        return True
+    forward = getattr(fn, "forward", fn)
+    try:
+        return "y" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def with_labels(fn, y: Tensor | None):
+    """``fn`` with ``y=y`` bound when it takes labels (see :func:`takes_labels`), else ``fn``.
+
+    The bound callable keeps ``max_plate_nesting``, which objectives read from the model.
+    """
+    if y is None or not takes_labels(fn):
+        return fn
+    bound = functools.partial(fn, y=y)
+    bound.max_plate_nesting = getattr(fn, "max_plate_nesting", 1)
+    return bound
+
+
+def training_labels(model, data) -> Tensor | None:
+    """``data.train_labels`` checked for a label-using model; ``None`` for any other model."""
+    if not getattr(model, "uses_labels", False):
+        return None
+    if data.train_labels is None:
+        raise DataError(
+            f"model '{model.registry_name}' learns from labels but dataset '{data.name}' has "
+            f"none; use a dataset with labels (digits, mnist)"
+        )
+    model.validate_labels(data.train_labels, data.train.shape[0], "training labels")
+    return data.train_labels

@@ -13,10 +13,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .annealing import KLSchedule
 from .checkpoint import Checkpointer
 from .distributed import DataParallel
 from .errors import ConfigError, DataError, TrainingDiverged
 from .latents import check_pair
+from .models.base import training_labels, with_labels
 from .objectives import get_objective
 
 __all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int"]
@@ -87,6 +89,9 @@ def fit(
     checkpoint: Checkpointer | str | None = None,
     resume: bool = False,
     distributed: bool = False,
+    beta: float = 1.0,
+    kl_warmup: int = 0,
+    free_bits: float = 0.0,
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data.train`` by stochastic variational inference.
 
@@ -114,6 +119,13 @@ def fit(
             had never stopped (same options required; ``epochs`` may grow).
         distributed: data-parallel over the initialized torch.distributed process group
             (see :mod:`pyro_genmod.distributed`); ``batch_size`` is per rank.
+        beta, kl_warmup, free_bits: weight of the KL terms (beta-VAE), epochs over which it
+            rises linearly from 0 (KL warm-up) and nats per latent site below which a site's
+            KL is not penalized (free bits); see :class:`~pyro_genmod.annealing.KLSchedule`.
+            They apply to any model with a Pyro ELBO objective.
+
+    A label-using model (``uses_labels``, e.g. ``cvae``, ``m2``) gets ``y=data.train_labels``
+    for each minibatch, and so does its guide when its ``forward`` takes ``y``.
 
     Returns:
         A :class:`FitResult`. If the loss becomes NaN or infinite, the model and guide are
@@ -154,12 +166,16 @@ def fit(
     options = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
         num_particles=num_particles, early_stopping=early_stopping,
+        beta=beta, kl_warmup=kl_warmup, free_bits=free_bits,
     )
     if ddp:
         options["world_size"] = world
     result = FitResult(model=model, guide=guide, options=options)
     num_train = train.shape[0] + (-train.shape[0] % world)  # padded like DistributedSampler
     steps_per_epoch = math.ceil(num_train / (batch_size * world))
+    schedule = KLSchedule.per_epoch(beta, kl_warmup, free_bits, steps_per_epoch)
+    labels = training_labels(model, data)
+    labels = labels.to(device) if labels is not None else None
     last_good = _snapshot(model, guide)
     best = (-math.inf, last_good)
     saver = Checkpointer(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
@@ -201,7 +217,13 @@ def fit(
                 batch = data.training_batch(train[index], generator)
                 if ddp:  # binarize the global batch, so the draws match one process, then shard
                     batch = ddp.shard(batch)
-                differentiable, value = loss_fn(model, guide, batch)
+                y = labels[index] if labels is not None else None
+                if ddp and y is not None:
+                    y = ddp.shard(y)
+                differentiable, value = schedule(
+                    loss_fn, with_labels(model, y), with_labels(guide, y), batch,
+                    step=(epoch - 1) * steps_per_epoch + step,
+                )
                 if ddp:
                     value = ddp.sum(value)
                 if not math.isfinite(value):
