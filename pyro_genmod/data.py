@@ -121,9 +121,9 @@ def require_files(name: str, folder: str | Path, files: list[str], how: str) -> 
     folder = Path(folder)
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
+        which = "" if len(missing) == len(files) else f" (missing {', '.join(missing)})"
         raise DataError(
-            f"dataset '{name}' not found: expected {', '.join(files)} in '{folder}' "
-            f"(missing {', '.join(missing)}); {how}"
+            f"dataset '{name}' not found: expected {', '.join(files)} in '{folder}'{which}; {how}"
         )
     return folder
 

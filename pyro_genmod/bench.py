@@ -1,0 +1,364 @@
+"""Benchmark grids: datasets x models x guides x objectives x seeds from a TOML file, resumable, written as CSV and Markdown.
+
+A config (see ``benchmarks/configs/``)::
+
+    name = "digits-smoke"
+    [grid]
+    datasets = ["digits"]
+    models = ["vae"]
+    guides = ["mean_field"]
+    objectives = ["trace_elbo", "iwae:5"]    # "NAME:k" trains with k particles
+    seeds = [0]
+    [training]      # passed to pyro_genmod.fit: epochs, batch_size, lr, early_stopping, device
+    [evaluation]    # num_samples (IS K), seed, max_points, probe_points, kl_samples
+    [datasets.digits]   # options per dataset; [models.vae] and [guides.mean_field] likewise
+    [[overrides]]   # match = {objective = "iwae:50"}, then training/evaluation options
+    [[published]]   # dataset, model, objective, nll, budget, source: shown beside our rows
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+from pyro import poutine
+from tqdm.auto import tqdm
+
+from ._registry import create_guide, create_model
+from .data import Dataset, load_dataset
+from .errors import ConfigError, GenmodError
+from .experiment import score
+from .runs import atomic_write_text, load_run, prepare_run_folder, save_run
+from .tasks import encode
+from .train import fit
+
+__all__ = ["Cell", "BenchConfig", "load_config", "run_bench", "active_units", "kl_per_dimension", "linear_probe_accuracy"]
+
+COLUMNS = [
+    "cell", "status", "dataset", "model", "guide", "objective", "k", "seed", "epochs",
+    "train_seconds", "eval_K", "eval_points", "eval_seconds", "test_elbo", "is_nll",
+    "is_nll_stderr", "khat_mean", "khat_above_0.7", "active_units", "latent_dims",
+    "kl_per_dim", "probe_accuracy", "published_nll", "published_budget", "published_source", "error",
+]
+_TOP_KEYS = {"name", "title", "notes", "results_dir", "runs_dir", "grid", "training", "evaluation",
+             "datasets", "models", "guides", "overrides", "published"}
+_EVAL_DEFAULTS = {"num_samples": 1000, "seed": 0, "max_points": None, "probe_points": 10000, "kl_samples": 16}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid; ``objective`` is the spec as written (``"iwae:5"``), ``k`` its particles."""
+
+    dataset: str
+    model: str
+    guide: str
+    objective: str
+    seed: int
+
+    @property
+    def objective_name(self) -> str:
+        return self.objective.partition(":")[0]
+
+    @property
+    def k(self) -> int:
+        _, sep, k = self.objective.partition(":")
+        return int(k) if sep else 1
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.guide}/{self.objective_name}-k{self.k}/seed{self.seed}"
+
+
+@dataclass
+class BenchConfig:
+    """A parsed benchmark config; ``path`` is where it was read from."""
+
+    path: Path
+    raw: dict
+
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    def cells(self) -> list[Cell]:
+        grid = self.raw["grid"]
+        return [
+            Cell(*combo)
+            for combo in itertools.product(
+                grid["datasets"], grid["models"], grid["guides"], grid["objectives"], grid.get("seeds", [0])
+            )
+        ]
+
+    def options(self, cell: Cell, section: str) -> dict:
+        """``training`` or ``evaluation`` options for ``cell``, with matching overrides applied."""
+        merged = dict(_EVAL_DEFAULTS) if section == "evaluation" else {}
+        merged.update(self.raw.get(section, {}))
+        for override in self.raw.get("overrides", []):
+            match = override.get("match", {})
+            if all(str(getattr(cell, key)) == str(value) for key, value in match.items()):
+                merged.update(override.get(section, {}))
+        return merged
+
+    def published(self, cell: Cell) -> dict:
+        for entry in self.raw.get("published", []):
+            keys = ("dataset", "model", "objective_name", "k")
+            wanted = {**entry, "objective_name": entry.get("objective", cell.objective_name)}
+            if all(wanted.get(key, getattr(cell, key)) == getattr(cell, key) for key in keys):
+                return entry
+        return {}
+
+    def folder(self, key: str, default: str) -> Path:
+        """Results or runs folder: relative paths are taken from the folder above ``configs/``."""
+        base = self.path.parent.parent if self.path.parent.name == "configs" else self.path.parent
+        value = Path(self.raw.get(key, default))
+        return value if value.is_absolute() else base / value
+
+
+def load_config(path: str | Path) -> BenchConfig:
+    """Read and check a benchmark TOML file; a problem raises :class:`ConfigError` naming it."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read benchmark config '{path}': {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"benchmark config '{path}' is not valid TOML: {error}") from None
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"benchmark config '{path}' has unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    if not isinstance(raw.get("name"), str) or not raw["name"].replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"benchmark config '{path}' needs a name of letters, digits, '-' and '_' (it names the result files)")
+    grid = raw.get("grid", {})
+    for key in ("datasets", "models", "guides", "objectives"):
+        if not isinstance(grid.get(key), list) or not grid[key]:
+            raise ConfigError(f"benchmark config '{path}': [grid] needs a non-empty list '{key}'")
+    for spec in grid["objectives"]:
+        name, sep, k = str(spec).partition(":")
+        if sep and not (k.isdigit() and int(k) > 0):
+            raise ConfigError(f"objective '{spec}' in '{path}': write NAME or NAME:k with k a positive integer")
+    for key in set(raw.get("evaluation", {})) - set(_EVAL_DEFAULTS):
+        raise ConfigError(f"[evaluation] in '{path}' has no option '{key}'; its options are {sorted(_EVAL_DEFAULTS)}")
+    return BenchConfig(path=path, raw=raw)
+
+
+def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
+    """Burda et al.'s active units: dimensions u with Cov_x(E_q[u | x]) above ``threshold``.
+
+    References:
+        | Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2015) https://arxiv.org/abs/1509.00519
+
+    Arguments:
+        means: posterior means E_q[z | x], shape ``(N, D)``.
+        threshold: variance over the data above which a unit counts as active.
+    """
+    return int((means.var(dim=0, unbiased=True) > threshold).sum())
+
+
+def kl_per_dimension(model, guide, x: torch.Tensor, num_samples: int = 16, chunk: int = 1000, seed: int = 0) -> float:
+    """Monte Carlo KL(q(z|x) || p(z)) averaged over the points of ``x``, divided by the latent dimension.
+
+    Works for any pair, including hierarchical priors, by replaying the model on guide draws
+    and summing log q - log p over the model's latent sites only.
+    """
+    names = [site.name for site in model.latent_sites]
+    dims = sum(math.prod(site.event_shape) or 1 for site in model.latent_sites)
+    particle_dim = -(model.max_plate_nesting + 1)
+    total = 0.0
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        torch.manual_seed(seed)
+        for start in range(0, x.shape[0], chunk):
+            part = x[start : start + chunk]
+            with pyro.plate("particles", num_samples, dim=particle_dim):
+                guide_trace = poutine.trace(guide).get_trace(part)
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(part)
+            kl = sum(
+                guide_trace.nodes[n]["fn"].log_prob(guide_trace.nodes[n]["value"])
+                - model_trace.nodes[n]["fn"].log_prob(guide_trace.nodes[n]["value"])
+                for n in names
+            )
+            total += float(kl.expand(num_samples, part.shape[0]).mean(0).sum())
+    return total / x.shape[0] / dims
+
+
+def linear_probe_accuracy(train_features, train_labels, test_features, test_labels, seed: int = 0) -> float:
+    """Test accuracy of a logistic regression fitted on standardized training features.
+
+    A representation-quality score for q(z|x): how linearly separable the classes are in the
+    posterior means.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    probe.fit(train_features.numpy(), train_labels.numpy())
+    return float(probe.score(test_features.numpy(), test_labels.numpy()))
+
+
+def _train_or_resume(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progress: bool):
+    """A trained (model, guide, epochs, seconds): loaded from ``folder`` when a finished run is there."""
+    if (folder / "config.json").is_file():
+        run = load_run(folder, data=data)
+        return run.model, run.guide, run.metrics["epochs"], run.metrics["train_seconds"]
+    prepare_run_folder(folder, overwrite=True)
+    pyro.set_rng_seed(cell.seed)  # parameter initialisation follows the seed
+    model = create_model(cell.model, data, **config.raw.get("models", {}).get(cell.model, {}))
+    guide = create_guide(cell.guide, model, **config.raw.get("guides", {}).get(cell.guide, {}))
+    result = fit(
+        model, guide, data, seed=cell.seed, objective=cell.objective_name, num_particles=cell.k,
+        progress=progress, **config.options(cell, "training"),
+    )
+    metrics = {"epochs": result.epochs_run, "train_seconds": result.train_seconds, "stopped_reason": result.stopped_reason}
+    save_run(folder, model=model, guide=guide, data=data, config={"training": result.options, "bench_cell": cell.id},
+             metrics=metrics, history=result.history)
+    return model, guide, result.epochs_run, result.train_seconds
+
+
+def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progress: bool = True) -> dict:
+    """Train (or reload) one cell, score its test set and compute the representation metrics."""
+    model, guide, epochs, train_seconds = _train_or_resume(cell, config, data, folder, progress)
+    opts = config.options(cell, "evaluation")
+    test = data.test[: opts["max_points"]] if opts["max_points"] else data.test
+    labels = data.test_labels[: test.shape[0]] if data.test_labels is not None else None
+    start = time.perf_counter()
+    ll, _ = score(model, guide, test, opts["num_samples"], seed=opts["seed"])
+    eval_seconds = time.perf_counter() - start
+    summary = ll.summary()
+    means = encode(guide, test)
+    row = {
+        "epochs": epochs, "train_seconds": train_seconds, "eval_K": opts["num_samples"],
+        "eval_points": test.shape[0], "eval_seconds": eval_seconds, "test_elbo": summary["elbo"],
+        "is_nll": -summary["log_likelihood"], "is_nll_stderr": summary["log_likelihood_stderr"],
+        "khat_mean": summary["khat_mean"], "khat_above_0.7": summary["khat_above_0.7"],
+        "active_units": active_units(means), "latent_dims": means.shape[1],
+    }
+    if not getattr(guide, "is_point_estimate", False):
+        row["kl_per_dim"] = kl_per_dimension(model, guide, test, opts["kl_samples"], seed=opts["seed"])
+    if labels is not None and data.train_labels is not None:
+        generator = torch.Generator().manual_seed(opts["seed"])
+        train_x = data.training_batch(data.train[: opts["probe_points"]], generator)
+        row["probe_accuracy"] = linear_probe_accuracy(
+            encode(guide, train_x), data.train_labels[: train_x.shape[0]], means, labels, seed=opts["seed"]
+        )
+    return row
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value in (None, ""):
+        return "–"
+    try:
+        number = float(value)
+    except ValueError:
+        return str(value)
+    return str(int(number)) if number.is_integer() and abs(number) >= 1 and digits == 0 else f"{number:.{digits}f}"
+
+
+def _read_rows(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {row["cell"]: row for row in csv.DictReader(handle)}
+
+
+def _write_results(config: BenchConfig, rows: dict[str, dict], csv_path: Path, md_path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows.values())
+    atomic_write_text(csv_path, buffer.getvalue())
+    atomic_write_text(md_path, markdown_table(config, list(rows.values())))
+
+
+def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
+    """The results as a Markdown document: our rows with the published numbers beside them."""
+    header = (
+        "| dataset | model | guide | objective | k | seed | epochs | train s | test ELBO | IS NLL | s.e. "
+        "| IS K | eval s | mean k-hat | k-hat > 0.7 | active units | KL / dim | probe acc. "
+        "| published NLL | published budget | status |"
+    )
+    lines = [f"# {config.raw.get('title', config.name)}", ""]
+    if config.raw.get("notes"):
+        lines += [config.raw["notes"].strip(), ""]
+    lines += [
+        "NLL = -log p(x) in nats per test point (lower is better), importance-sampled with IS K "
+        "draws from q(z|x); k = training particles; active units: dimensions with posterior-mean "
+        "variance over the test set above 0.01; probe acc.: logistic regression on posterior means.",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
+    for row in rows:
+        units = f"{row.get('active_units')}/{row.get('latent_dims')}" if row.get("active_units") not in (None, "") else "–"
+        share = row.get("khat_above_0.7")
+        cells = [
+            row["dataset"], row["model"], row["guide"], row["objective"], row["k"], row["seed"],
+            _fmt(row.get("epochs"), 0), _fmt(row.get("train_seconds"), 0), _fmt(row.get("test_elbo")),
+            _fmt(row.get("is_nll")), _fmt(row.get("is_nll_stderr")), _fmt(row.get("eval_K"), 0),
+            _fmt(row.get("eval_seconds"), 0), _fmt(row.get("khat_mean")),
+            "–" if share in (None, "") else f"{100 * float(share):.1f}%", units,
+            _fmt(row.get("kl_per_dim"), 3), _fmt(row.get("probe_accuracy"), 3),
+            _fmt(row.get("published_nll")), row.get("published_budget") or "–",
+            row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error', '')}",
+        ]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    sources = sorted({row["published_source"] for row in rows if row.get("published_source")})
+    if sources:
+        lines += ["", "Published numbers: " + "; ".join(sources) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(
+    config: str | Path | BenchConfig, *, results_dir: str | Path | None = None,
+    retry_failed: bool = False, progress: bool = True,
+) -> list[dict]:
+    """Run every cell of a benchmark grid that has no result yet; return all result rows.
+
+    Results go to ``RESULTS/NAME.csv`` and ``RESULTS/NAME.md`` after every cell, and trained
+    parameters to ``RUNS/NAME/<cell>/`` (a run folder), so an interrupted grid resumes where it
+    stopped: finished cells are skipped, and a cell whose training finished is only scored.
+    A cell that raises is recorded as ``failed`` with its error and the grid carries on;
+    ``retry_failed`` runs such cells again.
+    """
+    config = config if isinstance(config, BenchConfig) else load_config(config)
+    results = Path(results_dir) if results_dir is not None else config.folder("results_dir", "results")
+    runs = config.folder("runs_dir", "runs") / config.name
+    results.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = results / f"{config.name}.csv", results / f"{config.name}.md"
+    rows = _read_rows(csv_path)
+    done = {"ok", "failed"} if not retry_failed else {"ok"}
+    pending = [cell for cell in config.cells() if rows.get(cell.id, {}).get("status") not in done]
+    datasets: dict[str, Dataset] = {}
+    bar = tqdm(pending, unit="cell", disable=None if progress else True)
+    for cell in bar:
+        bar.set_description(cell.id)
+        published = config.published(cell)
+        row = {
+            "cell": cell.id, "dataset": cell.dataset, "model": cell.model, "guide": cell.guide,
+            "objective": cell.objective_name, "k": cell.k, "seed": cell.seed,
+            "published_nll": published.get("nll"), "published_budget": published.get("budget"),
+            "published_source": published.get("source"),
+        }
+        try:
+            if cell.dataset not in datasets:
+                datasets[cell.dataset] = load_dataset(cell.dataset, **config.raw.get("datasets", {}).get(cell.dataset, {}))
+            slug = cell.id.replace("/", "__")
+            row.update(run_cell(cell, config, datasets[cell.dataset], runs / slug, progress))
+            row["status"] = "ok"
+        except (GenmodError, RuntimeError, ValueError, TypeError, OSError) as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            row.update(status="failed", error=f"{type(error).__name__}: {message}")
+            tqdm.write(f"cell {cell.id} failed: {row['error']}")
+        rows[cell.id] = row
+        _write_results(config, rows, csv_path, md_path)
+    bar.close()
+    if not pending:
+        _write_results(config, rows, csv_path, md_path)
+    return list(rows.values())

@@ -1,0 +1,185 @@
+"""Toy 2-D densities (two moons, pinwheel, rings, 8 Gaussians) and a heat map of a learned density beside the data."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._registry import register_dataset
+from .data import Dataset, split_and_binarize
+from .errors import DataError
+
+__all__ = ["two_moons", "pinwheel", "rings", "eight_gaussians", "density_figure", "plot_learned_density"]
+
+
+def _toy(name: str, x: np.ndarray, labels: np.ndarray, num_train: int, seed: int, options: dict) -> Dataset:
+    num_heldout = max(1, num_train // 10)
+    return split_and_binarize(
+        name, torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long),
+        num_val=num_heldout, num_test=num_heldout, binarize=False, seed=seed, options=options,
+    )
+
+
+def _total(num_train: int) -> int:
+    if not isinstance(num_train, int) or num_train < 10:
+        raise DataError(f"num_train must be an integer of at least 10, got {num_train!r}")
+    return num_train + 2 * max(1, num_train // 10)
+
+
+@register_dataset("two_moons")
+def two_moons(num_train: int = 10000, noise: float = 0.05, seed: int = 0) -> Dataset:
+    """Two interleaving half circles (scikit-learn's ``make_moons``), centred and scaled.
+
+    Arguments:
+        num_train: training points; validation and test sets get a tenth of that each.
+        noise: standard deviation of the Gaussian noise added to each point.
+        seed: seeds the draw and the split.
+    """
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(_total(num_train), noise=noise, random_state=seed)
+    x = (x - np.array([0.5, 0.25])) * 2.0
+    return _toy("two_moons", x, y, num_train, seed, {"num_train": num_train, "noise": noise, "seed": seed})
+
+
+@register_dataset("pinwheel")
+def pinwheel(
+    num_train: int = 10000, num_arms: int = 5, radial_std: float = 0.3, tangential_std: float = 0.1,
+    rate: float = 0.25, seed: int = 0,
+) -> Dataset:
+    """Johnson et al.'s pinwheel: ``num_arms`` Gaussian blobs bent into spiral arms.
+
+    References:
+        | Composing graphical models with neural networks (Johnson et al., 2016) https://arxiv.org/abs/1603.06277
+
+    Arguments:
+        num_train: training points; validation and test sets get a tenth of that each.
+        num_arms: number of arms (labels are the arm index).
+        radial_std, tangential_std: spread of each blob along and across its arm.
+        rate: how strongly the arms bend with distance from the origin.
+        seed: seeds the draw and the split.
+    """
+    rng = np.random.default_rng(seed)
+    n = _total(num_train)
+    labels = rng.integers(num_arms, size=n)
+    features = rng.standard_normal((n, 2)) * np.array([radial_std, tangential_std]) + np.array([1.0, 0.0])
+    angles = 2 * math.pi * labels / num_arms + rate * np.exp(features[:, 0])
+    cos, sin = np.cos(angles), np.sin(angles)
+    rotations = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+    x = 2.0 * np.einsum("nij,nj->ni", rotations, features)
+    options = {"num_train": num_train, "num_arms": num_arms, "radial_std": radial_std,
+               "tangential_std": tangential_std, "rate": rate, "seed": seed}
+    return _toy("pinwheel", x, labels, num_train, seed, options)
+
+
+@register_dataset("rings")
+def rings(num_train: int = 10000, num_rings: int = 4, noise: float = 0.08, seed: int = 0) -> Dataset:
+    """Concentric circles of radii 1..``num_rings`` (scaled to fit in [-4, 4]); points are spread
+    over the rings in proportion to their circumference; labels are the ring index.
+
+    Arguments:
+        num_train: training points; validation and test sets get a tenth of that each.
+        num_rings: number of rings.
+        noise: standard deviation of the Gaussian noise added to each point.
+        seed: seeds the draw and the split.
+    """
+    rng = np.random.default_rng(seed)
+    n = _total(num_train)
+    radii = np.arange(1, num_rings + 1)
+    labels = rng.choice(num_rings, size=n, p=radii / radii.sum())
+    angle = rng.uniform(0, 2 * math.pi, size=n)
+    radius = radii[labels] * 3.5 / num_rings
+    x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], -1) + noise * rng.standard_normal((n, 2))
+    return _toy("rings", x, labels, num_train, seed, {"num_train": num_train, "num_rings": num_rings, "noise": noise, "seed": seed})
+
+
+@register_dataset("eight_gaussians")
+def eight_gaussians(num_train: int = 10000, std: float = 0.35, seed: int = 0) -> Dataset:
+    """Eight Gaussians evenly spaced on a circle of radius 2.83 (FFJORD's ``8gaussians``).
+
+    References:
+        | FFJORD: Free-form Continuous Dynamics for Scalable Reversible Generative Models (Grathwohl et al., 2019) https://arxiv.org/abs/1810.01367
+
+    Arguments:
+        num_train: training points; validation and test sets get a tenth of that each.
+        std: standard deviation of each component.
+        seed: seeds the draw and the split.
+    """
+    rng = np.random.default_rng(seed)
+    n = _total(num_train)
+    labels = rng.integers(8, size=n)
+    angle = 2 * math.pi * labels / 8
+    centres = 4.0 / math.sqrt(2.0) * np.stack([np.cos(angle), np.sin(angle)], -1)
+    x = centres + std * rng.standard_normal((n, 2))
+    return _toy("eight_gaussians", x, labels, num_train, seed, {"num_train": num_train, "std": std, "seed": seed})
+
+
+def density_figure(
+    log_density: Callable[[Tensor], Tensor],
+    data: Tensor,
+    *,
+    bounds: tuple[float, float, float, float] | None = None,
+    resolution: int = 120,
+    title: str = "learned density",
+):
+    """A matplotlib figure: a 2-D histogram of ``data`` beside a heat map of ``exp(log_density)``.
+
+    Arguments:
+        log_density: maps points of shape ``(M, 2)`` to log-densities of shape ``(M,)``.
+        data: points of shape ``(N, 2)``.
+        bounds: ``(xmin, xmax, ymin, ymax)``; by default the data range plus a margin.
+        resolution: grid points per axis.
+        title: title of the density panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    data = torch.as_tensor(data, dtype=torch.float32)
+    if data.ndim != 2 or data.shape[1] != 2:
+        raise DataError(f"density_figure needs points of shape (N, 2), got {tuple(data.shape)}")
+    if bounds is None:
+        low, high = data.min(0).values.tolist(), data.max(0).values.tolist()
+        pad = [0.1 * (h - lo) + 1e-3 for lo, h in zip(low, high)]
+        bounds = (low[0] - pad[0], high[0] + pad[0], low[1] - pad[1], high[1] + pad[1])
+    xs = torch.linspace(bounds[0], bounds[1], resolution)
+    ys = torch.linspace(bounds[2], bounds[3], resolution)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        density = log_density(grid).exp().reshape(resolution, resolution)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+    left.hist2d(data[:, 0].numpy(), data[:, 1].numpy(), bins=resolution // 2, range=[bounds[:2], bounds[2:]], cmap="viridis")
+    left.set_title("data")
+    right.imshow(density.numpy(), origin="lower", extent=bounds, aspect="auto", cmap="viridis")
+    right.set_title(title)
+    for ax in (left, right):
+        ax.set_xlim(bounds[:2]), ax.set_ylim(bounds[2:])
+    fig.tight_layout()
+    return fig
+
+
+def plot_learned_density(
+    model, guide, data: Tensor, path: str | os.PathLike | None = None, *, num_samples: int = 64,
+    resolution: int = 120, seed: int = 0,
+):
+    """Heat map of a trained model's importance-sampled density p(x) beside ``data``.
+
+    The density on the grid is :func:`pyro_genmod.log_likelihood` with ``guide`` as proposal
+    and ``num_samples`` draws per grid point. Saves the figure to ``path`` when given.
+    """
+    from .importance import log_likelihood
+
+    def log_density(points: Tensor) -> Tensor:
+        return log_likelihood(model, guide, points, num_samples, seed=seed, khat=False).per_point
+
+    title = f"learned p(x) ({getattr(model, 'registry_name', 'model')}, IS K={num_samples})"
+    fig = density_figure(log_density, data, resolution=resolution, title=title)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig

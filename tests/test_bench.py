@@ -1,0 +1,188 @@
+"""The benchmark grid runner: a tiny digits grid end to end, resuming, failed cells, metrics."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+import pyro_genmod as pg
+import pyro_genmod.bench as bench
+from pyro_genmod.bench import active_units, kl_per_dimension, linear_probe_accuracy, load_config, run_bench
+from pyro_genmod.cli import main
+
+CONFIG = """
+name = "tiny"
+title = "tiny digits grid"
+results_dir = "{root}/results"
+runs_dir = "{root}/runs"
+[grid]
+datasets = ["digits"]
+models = {models}
+guides = ["mean_field"]
+objectives = ["trace_elbo", "iwae:3"]
+seeds = [0]
+[training]
+epochs = 1
+batch_size = 512
+[evaluation]
+num_samples = 30
+max_points = 100
+probe_points = 300
+kl_samples = 4
+[models.vae]
+latent_dim = 3
+hidden = [16]
+[guides.mean_field]
+hidden = [16]
+[[overrides]]
+match = {{ objective = "iwae:3" }}
+training = {{ epochs = 2 }}
+[[published]]
+dataset = "digits"
+model = "vae"
+objective = "iwae"
+k = 3
+nll = 12.34
+budget = "test value"
+source = "a made-up entry for this test"
+"""
+
+
+def write_config(tmp_path, models='["vae"]'):
+    path = tmp_path / "tiny.toml"
+    path.write_text(CONFIG.format(root=tmp_path.as_posix(), models=models))
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_grid_end_to_end_on_digits(tmp_path):
+    rows = run_bench(write_config(tmp_path), progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    saved = read_csv(tmp_path / "results" / "tiny.csv")
+    assert [r["cell"] for r in saved] == [
+        "digits/vae/mean_field/trace_elbo-k1/seed0",
+        "digits/vae/mean_field/iwae-k3/seed0",
+    ]
+    for row in saved:
+        assert set(bench.COLUMNS) == set(row)
+        nll, elbo = float(row["is_nll"]), float(row["test_elbo"])
+        assert 0 < nll <= -elbo + 1e-4  # the IS bound is never looser than the ELBO on the same draws
+        assert row["eval_K"] == "30" and row["eval_points"] == "100"
+        assert 0 <= int(row["active_units"]) <= int(row["latent_dims"]) == 3
+        assert float(row["kl_per_dim"]) >= 0 and 0 <= float(row["probe_accuracy"]) <= 1
+    assert [r["epochs"] for r in saved] == ["1", "2"]  # the override reached only the iwae cell
+    assert saved[1]["published_nll"] == "12.34" and saved[0]["published_nll"] == ""
+    markdown = (tmp_path / "results" / "tiny.md").read_text()
+    assert markdown.startswith("# tiny digits grid")
+    assert "| IS NLL |" in markdown and "| published NLL | published budget |" in markdown
+    assert "| 12.34 | test value | ok |" in markdown and "a made-up entry for this test" in markdown
+
+
+def test_finished_cells_are_skipped_and_trained_cells_only_rescored(tmp_path, monkeypatch):
+    config = write_config(tmp_path)
+    first = run_bench(config, progress=False)
+
+    def no_cell(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bench, "run_cell", no_cell)
+        resumed = run_bench(config, progress=False)
+    assert [(r["cell"], float(r["is_nll"])) for r in resumed] == [(r["cell"], r["is_nll"]) for r in first]
+    # Results lost but run folders kept: cells are scored again without training.
+    (tmp_path / "results" / "tiny.csv").unlink()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a trained cell was trained again")
+
+    monkeypatch.setattr(bench, "fit", no_training)
+    again = run_bench(config, progress=False)
+    assert [r["status"] for r in again] == ["ok", "ok"]
+    for old, new in zip(first, again):
+        assert int(new["epochs"]) == old["epochs"]
+        assert math.isclose(float(new["is_nll"]), old["is_nll"], rel_tol=1e-6)  # same seed, same draws
+
+
+def test_a_failed_cell_is_recorded_and_the_grid_carries_on(tmp_path, capsys):
+    config = write_config(tmp_path, models='["no_such_model", "vae"]')
+    assert main(["bench", str(config), "--quiet"]) == 1
+    out = capsys.readouterr()
+    assert "2 cells ok, 2 failed" in out.out
+    rows = read_csv(tmp_path / "results" / "tiny.csv")
+    status = {r["cell"].split("/")[1]: r["status"] for r in rows}
+    assert [r["status"] for r in rows if "no_such_model" in r["cell"]] == ["failed", "failed"]
+    assert status["vae"] == "ok"
+    assert all("unknown model 'no_such_model'" in r["error"] for r in rows if r["status"] == "failed")
+    assert "failed: UnknownNameError" in (tmp_path / "results" / "tiny.md").read_text()
+    # Failed cells stay recorded on resume, and run again only when asked.
+    assert main(["bench", str(config), "--quiet"]) == 1
+    assert len(read_csv(tmp_path / "results" / "tiny.csv")) == 4
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("name = 'x'\ncolour = 1\n[grid]\n", "unknown keys"),
+        ("name = 'x'\n[grid]\ndatasets = ['digits']\n", "models"),
+        ("name = 'a b'\n", "name"),
+        ("name = 'x'\n[grid]\ndatasets=['digits']\nmodels=['vae']\nguides=['mean_field']\nobjectives=['iwae:0']\n", "NAME:k"),
+        ("name = 'x'\n[evaluation]\nK = 5\n[grid]\ndatasets=['digits']\nmodels=['vae']\nguides=['mean_field']\nobjectives=['iwae']\n", "no option 'K'"),
+        ("name = [", "not valid TOML"),
+    ],
+)
+def test_config_errors(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(pg.ConfigError, match=match):
+        load_config(path)
+
+
+def test_cli_missing_config_is_one_line(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read benchmark config" in capsys.readouterr().err
+
+
+def test_shipped_configs_parse():
+    for name in ("digits_smoke", "mnist"):
+        config = load_config(f"benchmarks/configs/{name}.toml")
+        assert config.name == name and config.cells()
+
+
+def test_active_units_counts_dimensions_with_varying_means():
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([1.0, 0.5, 0.05, 0.0])  # variances 1, 0.25, 0.0025, 0 against 0.01
+    means = torch.randn(5000, 4, generator=generator) * scales
+    assert active_units(means) == 2
+
+
+def test_kl_per_dimension_matches_the_closed_form():
+    data = pg.load_dataset("digits")
+    model = pg.create_model("vae", data, latent_dim=4, hidden=[8])
+    guide = pg.create_guide("mean_field", model, hidden=[8])
+    x = data.test[:20]
+    with torch.no_grad():
+        q = guide.posterior(x)["z"]
+    prior = torch.distributions.Normal(torch.zeros(4), 1.0)
+    exact = float(torch.distributions.kl_divergence(q.base_dist, prior).mean())
+    estimate = kl_per_dimension(model, guide, x, num_samples=4000)
+    # Untrained encoder: q ~ N(m, s^2) with |m| small and s ~ 0.7, so the log-ratio per dimension
+    # has variance ~ 2 ((s^2 - 1) / 2)^2 ~ 0.14; over 20 x 4000 draws and 4 dimensions the
+    # estimate's s.e. is ~ sqrt(0.14 / 320000) ~ 7e-4. 0.01 is over 10 standard errors.
+    assert estimate == pytest.approx(exact, abs=0.01)
+
+
+def test_linear_probe_accuracy():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 2
+    features = torch.randn(400, 3, generator=generator) + 4.0 * labels[:, None]
+    assert linear_probe_accuracy(features[:200], labels[:200], features[200:], labels[200:]) == 1.0
+    shuffled = labels[torch.randperm(400, generator=generator)]
+    # Labels independent of the features: accuracy ~ Binomial(200, 0.5) / 200, s.d. 0.035.
+    assert abs(linear_probe_accuracy(features[:200], shuffled[:200], features[200:], shuffled[200:]) - 0.5) < 0.15
