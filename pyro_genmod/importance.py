@@ -157,6 +157,12 @@ def log_likelihood(
         raise ConfigError(f"the number of importance samples K must be a positive integer, got {num_samples}")
     if not isinstance(max_rows, int) or max_rows < 1:
         raise ConfigError(f"max_rows must be a positive integer, got {max_rows}")
+    if not getattr(model, "has_log_likelihood", True):
+        raise ConfigError(
+            f"model '{getattr(model, 'registry_name', type(model).__name__)}' has an improper "
+            f"prior, so log p(x) is undefined and cannot be estimated; compare its reconstruction "
+            f"(the validation ELBO) instead"
+        )
     if getattr(guide, "is_point_estimate", False):
         name = getattr(guide, "registry_name", type(guide).__name__)
         raise ConfigError(
