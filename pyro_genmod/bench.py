@@ -1,4 +1,4 @@
-"""Benchmark grids: datasets x models x guides x objectives x seeds from a TOML file, resumable, written as CSV and Markdown.
+"""Benchmark grids: datasets x models x guides x objectives x seeds from TOML, resumable, to CSV and Markdown.
 
 A config (see ``benchmarks/configs/``)::
 
@@ -40,7 +40,10 @@ from .runs import atomic_write_text, load_run, prepare_run_folder, save_run
 from .tasks import encode
 from .train import fit
 
-__all__ = ["Cell", "BenchConfig", "load_config", "run_bench", "active_units", "kl_per_dimension", "linear_probe_accuracy"]
+__all__ = [
+    "Cell", "BenchConfig", "load_config", "run_bench", "markdown_table",
+    "active_units", "kl_per_dimension", "linear_probe_accuracy",
+]
 
 COLUMNS = [
     "cell", "status", "dataset", "model", "guide", "objective", "k", "seed", "epochs",
@@ -133,9 +136,14 @@ def load_config(path: str | Path) -> BenchConfig:
         raise ConfigError(f"benchmark config '{path}' is not valid TOML: {error}") from None
     unknown = set(raw) - _TOP_KEYS
     if unknown:
-        raise ConfigError(f"benchmark config '{path}' has unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+        raise ConfigError(
+            f"benchmark config '{path}' has unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}"
+        )
     if not isinstance(raw.get("name"), str) or not raw["name"].replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"benchmark config '{path}' needs a name of letters, digits, '-' and '_' (it names the result files)")
+        raise ConfigError(
+            f"benchmark config '{path}' needs a name of letters, digits, '-' and '_' (it names the "
+            f"result files)"
+        )
     grid = raw.get("grid", {})
     for key in ("datasets", "models", "guides", "objectives"):
         if not isinstance(grid.get(key), list) or not grid[key]:
@@ -143,9 +151,13 @@ def load_config(path: str | Path) -> BenchConfig:
     for spec in grid["objectives"]:
         name, sep, k = str(spec).partition(":")
         if sep and not (k.isdigit() and int(k) > 0):
-            raise ConfigError(f"objective '{spec}' in '{path}': write NAME or NAME:k with k a positive integer")
+            raise ConfigError(
+                f"objective '{spec}' in '{path}': write NAME or NAME:k with k a positive integer"
+            )
     for key in set(raw.get("evaluation", {})) - set(_EVAL_DEFAULTS):
-        raise ConfigError(f"[evaluation] in '{path}' has no option '{key}'; its options are {sorted(_EVAL_DEFAULTS)}")
+        raise ConfigError(
+            f"[evaluation] in '{path}' has no option '{key}'; its options are {sorted(_EVAL_DEFAULTS)}"
+        )
     return BenchConfig(path=path, raw=raw)
 
 
@@ -162,7 +174,9 @@ def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
     return int((means.var(dim=0, unbiased=True) > threshold).sum())
 
 
-def kl_per_dimension(model, guide, x: torch.Tensor, num_samples: int = 16, chunk: int = 1000, seed: int = 0) -> float:
+def kl_per_dimension(
+    model, guide, x: torch.Tensor, num_samples: int = 16, chunk: int = 1000, seed: int = 0
+) -> float:
     """Monte Carlo KL(q(z|x) || p(z)) averaged over the points of ``x``, divided by the latent dimension.
 
     Works for any pair, including hierarchical priors, by replaying the model on guide draws
@@ -216,9 +230,14 @@ def _train_or_resume(cell: Cell, config: BenchConfig, data: Dataset, folder: Pat
         model, guide, data, seed=cell.seed, objective=cell.objective_name, num_particles=cell.k,
         progress=progress, **config.options(cell, "training"),
     )
-    metrics = {"epochs": result.epochs_run, "train_seconds": result.train_seconds, "stopped_reason": result.stopped_reason}
-    save_run(folder, model=model, guide=guide, data=data, config={"training": result.options, "bench_cell": cell.id},
-             metrics=metrics, history=result.history)
+    metrics = {
+        "epochs": result.epochs_run, "train_seconds": result.train_seconds,
+        "stopped_reason": result.stopped_reason,
+    }
+    save_run(
+        folder, model=model, guide=guide, data=data, metrics=metrics, history=result.history,
+        config={"training": result.options, "bench_cell": cell.id},
+    )
     return model, guide, result.epochs_run, result.train_seconds
 
 
@@ -255,10 +274,9 @@ def _fmt(value, digits: int = 2) -> str:
     if value in (None, ""):
         return "–"
     try:
-        number = float(value)
+        return f"{float(value):.{digits}f}"
     except ValueError:
         return str(value)
-    return str(int(number)) if number.is_integer() and abs(number) >= 1 and digits == 0 else f"{number:.{digits}f}"
 
 
 def _read_rows(path: Path) -> dict[str, dict]:
@@ -296,7 +314,8 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
         "|" + "---|" * (header.count("|") - 1),
     ]
     for row in rows:
-        units = f"{row.get('active_units')}/{row.get('latent_dims')}" if row.get("active_units") not in (None, "") else "–"
+        units = row.get("active_units")
+        units = "–" if units in (None, "") else f"{units}/{row.get('latent_dims')}"
         share = row.get("khat_above_0.7")
         cells = [
             row["dataset"], row["model"], row["guide"], row["objective"], row["k"], row["seed"],
@@ -348,7 +367,8 @@ def run_bench(
         }
         try:
             if cell.dataset not in datasets:
-                datasets[cell.dataset] = load_dataset(cell.dataset, **config.raw.get("datasets", {}).get(cell.dataset, {}))
+                options = config.raw.get("datasets", {}).get(cell.dataset, {})
+                datasets[cell.dataset] = load_dataset(cell.dataset, **options)
             slug = cell.id.replace("/", "__")
             row.update(run_cell(cell, config, datasets[cell.dataset], runs / slug, progress))
             row["status"] = "ok"

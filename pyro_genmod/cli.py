@@ -203,6 +203,15 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    rows = run_bench(args.config, results_dir=args.results_dir, retry_failed=args.retry_failed, progress=not args.quiet)
+    failed = [row["cell"] for row in rows if row.get("status") != "ok"]
+    print(f"{len(rows) - len(failed)} cells ok, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def _pairs() -> dict[str, dict[str, str | None]]:
     table = {}
     for model_name in _registry.list_models():
@@ -288,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--draws", action="store_true", help="draw x ~ p(x|z) rather than showing E[x|z]")
     sample.add_argument("--overwrite", action="store_true")
     sample.set_defaults(func=cmd_sample)
+
+    bench = sub.add_parser("bench", help="run a benchmark grid from a TOML config (resumable)")
+    bench.add_argument("config", help="benchmark config, e.g. benchmarks/configs/digits_smoke.toml")
+    bench.add_argument("--results-dir", default=None, help="where NAME.csv and NAME.md go (default: from the config)")
+    bench.add_argument("--retry-failed", action="store_true", help="run cells recorded as failed again")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(func=cmd_bench)
 
     listing = sub.add_parser("list", help="models, guides, datasets, objectives and which pairs fit")
     listing.add_argument("--pairs", action="store_true", help="also say why each non-fitting pair does not fit")

@@ -1,4 +1,4 @@
-"""Image datasets read through torchvision (MNIST, Fashion-MNIST, KMNIST, CIFAR-10) and Larochelle's binarized MNIST."""
+"""Image datasets: MNIST, Fashion-MNIST, KMNIST and CIFAR-10 through torchvision; Larochelle's binarized MNIST."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _idx_split(name: str, class_name: str, root: str | os.PathLike, download: bo
     try:
         split = cls(root=str(root), train=train, download=download)
     except (RuntimeError, OSError) as error:
-        raise DataError(f"dataset '{name}': torchvision could not read it from '{root}': {error}") from None
+        raise DataError(f"dataset '{name}': torchvision could not read '{root}': {error}") from None
     return split.data, split.targets
 
 
@@ -128,7 +128,7 @@ def cifar10(
         try:
             split = tvd.CIFAR10(root=str(root), train=train, download=download)
         except (RuntimeError, OSError) as error:
-            raise DataError(f"dataset 'cifar10': torchvision could not read it from '{root}': {error}") from None
+            raise DataError(f"dataset 'cifar10': torchvision could not read '{root}': {error}") from None
         images = torch.as_tensor(split.data).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
         splits.append((images, torch.as_tensor(split.targets, dtype=torch.long)))
     (train, train_y), (test, test_y) = splits
@@ -142,7 +142,7 @@ def _read_amat(path: Path) -> Tensor:
     """A ``.amat`` file (one image per line, 784 space-separated 0/1 values) as ``(N, 1, 28, 28)``."""
     values = np.array(path.read_bytes().split(), dtype=np.float32)
     if values.size % 784:
-        raise DataError(f"'{path}' does not hold rows of 784 pixels ({values.size} values); re-download it")
+        raise DataError(f"'{path}' does not hold rows of 784 pixels ({values.size} values); download it again")
     return torch.from_numpy(values).reshape(-1, 1, 28, 28)
 
 

@@ -1,4 +1,4 @@
-"""Toy 2-D densities (two moons, pinwheel, rings, 8 Gaussians) and a heat map of a learned density beside the data."""
+"""Toy 2-D densities (two moons, pinwheel, rings, 8 Gaussians) and a learned-density heat map beside the data."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from .errors import DataError
 __all__ = ["two_moons", "pinwheel", "rings", "eight_gaussians", "density_figure", "plot_learned_density"]
 
 
-def _toy(name: str, x: np.ndarray, labels: np.ndarray, num_train: int, seed: int, options: dict) -> Dataset:
+def _toy(name: str, x: np.ndarray, labels: np.ndarray, **options) -> Dataset:
+    """Split ``x`` into train / validation / test (a tenth of ``num_train`` each for the last two)."""
+    num_train, seed = options["num_train"], options["seed"]
     num_heldout = max(1, num_train // 10)
     return split_and_binarize(
         name, torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long),
@@ -44,7 +46,7 @@ def two_moons(num_train: int = 10000, noise: float = 0.05, seed: int = 0) -> Dat
 
     x, y = make_moons(_total(num_train), noise=noise, random_state=seed)
     x = (x - np.array([0.5, 0.25])) * 2.0
-    return _toy("two_moons", x, y, num_train, seed, {"num_train": num_train, "noise": noise, "seed": seed})
+    return _toy("two_moons", x, y, num_train=num_train, noise=noise, seed=seed)
 
 
 @register_dataset("pinwheel")
@@ -72,9 +74,10 @@ def pinwheel(
     cos, sin = np.cos(angles), np.sin(angles)
     rotations = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
     x = 2.0 * np.einsum("nij,nj->ni", rotations, features)
-    options = {"num_train": num_train, "num_arms": num_arms, "radial_std": radial_std,
-               "tangential_std": tangential_std, "rate": rate, "seed": seed}
-    return _toy("pinwheel", x, labels, num_train, seed, options)
+    return _toy(
+        "pinwheel", x, labels, num_train=num_train, num_arms=num_arms, radial_std=radial_std,
+        tangential_std=tangential_std, rate=rate, seed=seed,
+    )
 
 
 @register_dataset("rings")
@@ -94,8 +97,9 @@ def rings(num_train: int = 10000, num_rings: int = 4, noise: float = 0.08, seed:
     labels = rng.choice(num_rings, size=n, p=radii / radii.sum())
     angle = rng.uniform(0, 2 * math.pi, size=n)
     radius = radii[labels] * 3.5 / num_rings
-    x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], -1) + noise * rng.standard_normal((n, 2))
-    return _toy("rings", x, labels, num_train, seed, {"num_train": num_train, "num_rings": num_rings, "noise": noise, "seed": seed})
+    x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], -1)
+    x = x + noise * rng.standard_normal((n, 2))
+    return _toy("rings", x, labels, num_train=num_train, num_rings=num_rings, noise=noise, seed=seed)
 
 
 @register_dataset("eight_gaussians")
@@ -116,7 +120,7 @@ def eight_gaussians(num_train: int = 10000, std: float = 0.35, seed: int = 0) ->
     angle = 2 * math.pi * labels / 8
     centres = 4.0 / math.sqrt(2.0) * np.stack([np.cos(angle), np.sin(angle)], -1)
     x = centres + std * rng.standard_normal((n, 2))
-    return _toy("eight_gaussians", x, labels, num_train, seed, {"num_train": num_train, "std": std, "seed": seed})
+    return _toy("eight_gaussians", x, labels, num_train=num_train, std=std, seed=seed)
 
 
 def density_figure(
@@ -154,7 +158,10 @@ def density_figure(
     with torch.no_grad():
         density = log_density(grid).exp().reshape(resolution, resolution)
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
-    left.hist2d(data[:, 0].numpy(), data[:, 1].numpy(), bins=resolution // 2, range=[bounds[:2], bounds[2:]], cmap="viridis")
+    left.hist2d(
+        data[:, 0].numpy(), data[:, 1].numpy(), bins=resolution // 2,
+        range=[bounds[:2], bounds[2:]], cmap="viridis",
+    )
     left.set_title("data")
     right.imshow(density.numpy(), origin="lower", extent=bounds, aspect="auto", cmap="viridis")
     right.set_title(title)

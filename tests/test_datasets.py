@@ -1,4 +1,4 @@
-"""Datasets: MNIST-layout sets through torchvision from fake IDX files, binarized MNIST, toy 2-D and tabular sets."""
+"""Datasets: MNIST-layout sets through torchvision from fake IDX files, binarized MNIST, toy 2-D densities."""
 
 from __future__ import annotations
 
@@ -159,15 +159,6 @@ def test_rings_radii_follow_labels():
         expected = (ring + 1) * 3.5 / 4
         # radial noise has s.d. ~0.05 per point; the mean over hundreds of points is within 0.02.
         assert abs(float(norms[data.train_labels == ring].mean()) - expected) < 0.02
-
-
-@pytest.mark.parametrize("name, dims", [("iris", 4), ("wine", 13), ("breast_cancer", 30)])
-def test_tabular_sets_are_standardized_with_training_statistics(name, dims):
-    data = pg.load_dataset(name)
-    assert data.shape == (dims,)
-    assert torch.allclose(data.train.mean(0), torch.zeros(dims), atol=1e-5)
-    assert torch.allclose(data.train.std(0), torch.ones(dims), atol=1e-5)
-    assert data.test_labels is not None and data.test.shape[0] > 0
 
 
 def test_density_figure_puts_the_mass_where_the_density_is():
