@@ -24,9 +24,9 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def test_train_writes_a_complete_run_folder(tiny_run, capsys):
-    assert sorted(p.name for p in tiny_run.iterdir()) == [
-        "config.json", "history.csv", "metrics.json", "params.safetensors",
-    ]
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"config.json", "history.csv", "metrics.json", "params.safetensors"} <= names
+    assert not [n for n in names if n.startswith(".")], "no temporary files are left behind"
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     for key in ("test_elbo", "test_log_likelihood", "test_log_likelihood_stderr",
                 "num_importance_samples", "khat_mean", "khat_max", "epochs", "train_seconds"):
