@@ -41,8 +41,8 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 CHECKPOINT_VERSION = 1
 _META_KEY = "pyro_genmod_checkpoint"
 # torch.save writes a zip archive around a pickle; older files and plain pickles start with
-# the pickle PROTO opcode. Either means "this file wants to be unpickled": refuse it.
-_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
+# the pickle PROTO opcode and a protocol number. Used only to name the problem in the error.
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 @dataclass
@@ -84,7 +84,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], meta: d
     or the new one, never a mix.
     """
     path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}  # no shared storage
     meta = {"version": CHECKPOINT_VERSION, **meta, "sha256": _digest(tensors)}
     payload = safetensors_bytes(tensors, metadata={_META_KEY: json.dumps(meta)})
     try:
@@ -106,18 +106,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             head = handle.read(8)
     except OSError as error:
         raise RunFolderError(f"cannot read checkpoint '{path}': {error.strerror or error}") from None
-    if head.startswith(_PICKLE_MAGIC):
-        raise RunFolderError(
-            f"'{path}' is a pickle (torch.save) file, which could run code when loaded; it was "
-            f"not opened. Checkpoints are safetensors files written by pyro-genmod"
-        )
-    try:
+    try:  # safetensors only parses a JSON header and copies bytes: nothing can run
         tensors: dict[str, Tensor] = {}
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(_META_KEY)
             for name in handle.keys():
                 tensors[name] = handle.get_tensor(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        if head.startswith(_PICKLE_MAGIC):
+            raise RunFolderError(
+                f"'{path}' is a pickle (torch.save) file, which could run code when loaded; it was "
+                f"not unpickled. Checkpoints are safetensors files written by pyro-genmod"
+            ) from None
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise RunFolderError(
             f"checkpoint '{path}' is truncated or corrupted ({reason}); resume from an intact "
