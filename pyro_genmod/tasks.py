@@ -12,17 +12,21 @@ from .train import check_positive_int
 __all__ = ["sample", "encode"]
 
 
-def sample(model, num_samples: int, *, mean: bool = False, seed: int | None = None) -> Tensor:
+def sample(
+    model, num_samples: int, *, mean: bool = False, seed: int | None = None, y: Tensor | None = None
+) -> Tensor:
     """Draw ``num_samples`` new points x ~ p(z) p(x|z), shape ``(n, *model.data_shape)``.
 
     With ``mean=True`` return E[x | z] for each prior draw z instead of a draw of x (the
     usual way to show image samples: pixel probabilities rather than noisy binary pixels).
+    For a label-using model (``cvae``, ``m2``), ``y`` (shape ``(n,)``) asks for those classes.
     """
     check_positive_int("the number of samples", num_samples)
+    labels = {} if y is None else {"y": y}
     with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
         if seed is not None:
             torch.manual_seed(seed)
-        trace = poutine.trace(model).get_trace(num_samples=num_samples)
+        trace = poutine.trace(model).get_trace(num_samples=num_samples, **labels)
     site = trace.nodes["x"]
     return site["fn"].mean if mean else site["value"]
 
