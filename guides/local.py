@@ -124,6 +124,9 @@ class LocalGuide(Guide):
     def refine(self, x: Tensor, steps: int = 200, lr: float = 1e-2, num_particles: int = 1, seed: int | None = None) -> list[float]:
         """Maximize each point's ELBO over its own parameters, the model and family fixed.
 
+        Adam with the learning rate decayed linearly to zero, so that the last steps average
+        out the noise of the single-draw gradients rather than jitter around the optimum.
+
         Arguments:
             x: the points, shape ``(N, *data_shape)``.
             steps: Adam steps.
@@ -142,6 +145,7 @@ class LocalGuide(Guide):
         self._model.validate_data(x, "points to refine")
         self.add_points(x)
         optimizer = torch.optim.Adam([self.local_params], lr=lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
         losses = []
         with torch.random.fork_rng(devices=[] if x.device.type == "cpu" else [x.device]):
             if seed is not None:
@@ -150,6 +154,7 @@ class LocalGuide(Guide):
                 loss = -log_importance_weights(self._model, self, x, num_particles).mean(0).sum()
                 (self.local_params.grad,) = torch.autograd.grad(loss, [self.local_params])
                 optimizer.step()
+                schedule.step()
                 losses.append(float(loss.detach()) / x.shape[0])
         self.history += losses
         return losses
