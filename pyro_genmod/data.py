@@ -196,4 +196,4 @@ def load_dataset(name: str = "digits", **kwargs) -> Dataset:
 
 
 # Loaders in these modules register themselves on import; the registry imports this module.
-from . import image_datasets, tabular, toy2d  # noqa: E402,F401
+from . import array_file, image_datasets, tabular, toy2d  # noqa: E402,F401
