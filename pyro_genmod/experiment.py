@@ -10,7 +10,7 @@ from ._registry import create_guide, create_model
 from .data import Dataset
 from .checkpoint import CHECKPOINT_FILE, Checkpointer
 from .distributed import is_main_process
-from .errors import RunFolderError, TrainingDiverged
+from .errors import GenmodError, RunFolderError, TrainingDiverged
 from .importance import LogLikelihood, log_likelihood
 from .runs import prepare_run_folder, save_run
 from .train import FitResult, check_positive_int, fit
@@ -76,15 +76,17 @@ def run_experiment(
     check_positive_int("the number of importance samples K", num_samples)
     main = is_main_process()
     folder = None if out is None else Path(out)
+    pyro.set_rng_seed(fit_options.get("seed", 0))  # parameter initialisation follows the seed
+    model = create_model(model_name, data, **(model_options or {}))
+    guide = create_guide(guide_name, model, **(guide_options or {}))
+    created = None  # the outermost folder this call creates, removed again if fit refuses its input
     if folder is not None and resume:
         if (folder / "config.json").is_file():
             raise RunFolderError(f"run folder '{folder}' holds a finished run; there is nothing to resume")
     elif folder is not None and main:
+        created = next((p for p in reversed((folder, *folder.parents)) if not p.exists()), None)
         folder = prepare_run_folder(folder, overwrite)
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # a stale one must never be resumed
-    pyro.set_rng_seed(fit_options.get("seed", 0))  # parameter initialisation follows the seed
-    model = create_model(model_name, data, **(model_options or {}))
-    guide = create_guide(guide_name, model, **(guide_options or {}))
     if folder is not None:
         spec = {
             "model": {"name": model_name, "options": model_options or {}},
@@ -100,6 +102,9 @@ def run_experiment(
         result = fit(model, guide, data, resume=resume, **fit_options)
     except TrainingDiverged as error:
         diverged, result = error, error.result
+    except GenmodError:
+        _remove_empty(folder, created)
+        raise
     if not main:
         if diverged is not None:
             raise diverged
@@ -115,6 +120,18 @@ def run_experiment(
     if diverged is not None:
         raise diverged
     return metrics, result, folder
+
+
+def _remove_empty(folder: Path | None, created: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``created`` while they are empty."""
+    if folder is None or created is None:
+        return
+    for path in (folder, *folder.parents):
+        if not path.is_dir() or any(path.iterdir()):
+            return
+        path.rmdir()
+        if path == created:
+            return
 
 
 def resume_experiment(
