@@ -113,6 +113,11 @@ def cmd_train(args) -> int:
         out, what = Path(args.resume), f"run {args.resume}"
     else:
         data = load_dataset(args.dataset, **_dataset_options(args))
+        if args.batch_size > data.train.shape[0]:
+            print(
+                f"genmod: note: --batch-size {args.batch_size} is larger than the {data.train.shape[0]} "
+                f"training points, so every step uses the whole training set", file=sys.stderr,
+            )
         model_options = dict(args.model_opt or [])
         if args.latent_dim is not None:
             model_options["latent_dim"] = args.latent_dim
