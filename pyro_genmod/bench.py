@@ -10,7 +10,7 @@ A config (see ``benchmarks/configs/``)::
     objectives = ["trace_elbo", "iwae:5"]    # "NAME:k" trains with k particles
     seeds = [0]
     [training]      # passed to pyro_genmod.fit: epochs, batch_size, lr, early_stopping, device
-    [evaluation]    # num_samples (IS K), seed, max_points, probe_points, kl_samples
+    [evaluation]    # num_samples (IS K), seed, max_points, khat_points, probe_points, kl_samples
     [datasets.digits]   # options per dataset; [models.vae] and [guides.mean_field] likewise
     [[overrides]]   # match = {objective = "iwae:50"}, then training/evaluation options
     [[published]]   # dataset, model, objective, nll, budget, source: shown beside our rows
@@ -36,6 +36,7 @@ from ._registry import create_guide, create_model
 from .data import Dataset, load_dataset
 from .errors import ConfigError, GenmodError
 from .experiment import score
+from .importance import log_likelihood
 from .runs import atomic_write_text, load_run, prepare_run_folder, save_run
 from .tasks import encode
 from .train import fit
@@ -48,12 +49,15 @@ __all__ = [
 COLUMNS = [
     "cell", "status", "dataset", "model", "guide", "objective", "k", "seed", "epochs",
     "train_seconds", "eval_K", "eval_points", "eval_seconds", "test_elbo", "is_nll",
-    "is_nll_stderr", "khat_mean", "khat_above_0.7", "active_units", "latent_dims",
+    "is_nll_stderr", "khat_mean", "khat_above_0.7", "khat_points", "active_units", "latent_dims",
     "kl_per_dim", "probe_accuracy", "published_nll", "published_budget", "published_source", "error",
 ]
 _TOP_KEYS = {"name", "title", "notes", "results_dir", "runs_dir", "grid", "training", "evaluation",
              "datasets", "models", "guides", "overrides", "published"}
-_EVAL_DEFAULTS = {"num_samples": 1000, "seed": 0, "max_points": None, "probe_points": 10000, "kl_samples": 16}
+_EVAL_DEFAULTS = {
+    "num_samples": 1000, "seed": 0, "max_points": None, "khat_points": None, "probe_points": 10000,
+    "kl_samples": 16,
+}
 
 
 @dataclass(frozen=True)
@@ -248,7 +252,15 @@ def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progr
     test = data.test[: opts["max_points"]] if opts["max_points"] else data.test
     labels = data.test_labels[: test.shape[0]] if data.test_labels is not None else None
     start = time.perf_counter()
-    ll, _ = score(model, guide, test, opts["num_samples"], seed=opts["seed"])
+    khat_points = opts["khat_points"]
+    if khat_points is None or khat_points >= test.shape[0]:
+        ll, _ = score(model, guide, test, opts["num_samples"], seed=opts["seed"])
+        khat_summary = ll.summary()
+    else:  # PSIS on every point costs ~40% more than the estimate itself; fit it on a subset
+        khat_ll, _ = score(model, guide, test[:khat_points], opts["num_samples"], seed=opts["seed"])
+        khat_summary = khat_ll.summary()
+        proposal = create_guide("prior", model) if getattr(guide, "is_point_estimate", False) else guide
+        ll = log_likelihood(model, proposal, test, opts["num_samples"], seed=opts["seed"], khat=False)
     eval_seconds = time.perf_counter() - start
     summary = ll.summary()
     means = encode(guide, test)
@@ -256,7 +268,8 @@ def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progr
         "epochs": epochs, "train_seconds": train_seconds, "eval_K": opts["num_samples"],
         "eval_points": test.shape[0], "eval_seconds": eval_seconds, "test_elbo": summary["elbo"],
         "is_nll": -summary["log_likelihood"], "is_nll_stderr": summary["log_likelihood_stderr"],
-        "khat_mean": summary["khat_mean"], "khat_above_0.7": summary["khat_above_0.7"],
+        "khat_mean": khat_summary["khat_mean"], "khat_above_0.7": khat_summary["khat_above_0.7"],
+        "khat_points": khat_summary["num_points"],
         "active_units": active_units(means), "latent_dims": means.shape[1],
     }
     if not getattr(guide, "is_point_estimate", False):
@@ -289,17 +302,19 @@ def _read_rows(path: Path) -> dict[str, dict]:
 def _write_results(config: BenchConfig, rows: dict[str, dict], csv_path: Path, md_path: Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
+    order = {cell.id: i for i, cell in enumerate(config.cells())}
+    ordered = sorted(rows.values(), key=lambda row: order.get(row["cell"], len(order)))
     writer.writeheader()
-    writer.writerows(rows.values())
+    writer.writerows(ordered)
     atomic_write_text(csv_path, buffer.getvalue())
-    atomic_write_text(md_path, markdown_table(config, list(rows.values())))
+    atomic_write_text(md_path, markdown_table(config, ordered))
 
 
 def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
     """The results as a Markdown document: our rows with the published numbers beside them."""
     header = (
         "| dataset | model | guide | objective | k | seed | epochs | train s | test ELBO | IS NLL | s.e. "
-        "| IS K | eval s | mean k-hat | k-hat > 0.7 | active units | KL / dim | probe acc. "
+        "| IS K | eval points | eval s | mean k-hat | k-hat > 0.7 | k-hat points | active units | KL / dim | probe acc. "
         "| published NLL | published budget | status |"
     )
     lines = [f"# {config.raw.get('title', config.name)}", ""]
@@ -321,8 +336,9 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
             row["dataset"], row["model"], row["guide"], row["objective"], row["k"], row["seed"],
             _fmt(row.get("epochs"), 0), _fmt(row.get("train_seconds"), 0), _fmt(row.get("test_elbo")),
             _fmt(row.get("is_nll")), _fmt(row.get("is_nll_stderr")), _fmt(row.get("eval_K"), 0),
-            _fmt(row.get("eval_seconds"), 0), _fmt(row.get("khat_mean")),
-            "–" if share in (None, "") else f"{100 * float(share):.1f}%", units,
+            _fmt(row.get("eval_points"), 0), _fmt(row.get("eval_seconds"), 0), _fmt(row.get("khat_mean")),
+            "–" if share in (None, "") else f"{100 * float(share):.1f}%", _fmt(row.get("khat_points"), 0),
+            units,
             _fmt(row.get("kl_per_dim"), 3), _fmt(row.get("probe_accuracy"), 3),
             _fmt(row.get("published_nll")), row.get("published_budget") or "–",
             row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error', '')}",
@@ -336,15 +352,16 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
 
 def run_bench(
     config: str | Path | BenchConfig, *, results_dir: str | Path | None = None,
-    retry_failed: bool = False, progress: bool = True,
+    retry_failed: bool = False, progress: bool = True, only: str | None = None,
 ) -> list[dict]:
-    """Run every cell of a benchmark grid that has no result yet; return all result rows.
+    """Run every cell of a benchmark grid that has no result yet; return all rows as saved (strings).
 
     Results go to ``RESULTS/NAME.csv`` and ``RESULTS/NAME.md`` after every cell, and trained
     parameters to ``RUNS/NAME/<cell>/`` (a run folder), so an interrupted grid resumes where it
     stopped: finished cells are skipped, and a cell whose training finished is only scored.
     A cell that raises is recorded as ``failed`` with its error and the grid carries on;
-    ``retry_failed`` runs such cells again.
+    ``retry_failed`` runs such cells again. ``only`` keeps the cells whose id contains it, so
+    that separate processes can share a grid (each merges its rows into the files on writing).
     """
     config = config if isinstance(config, BenchConfig) else load_config(config)
     results = Path(results_dir) if results_dir is not None else config.folder("results_dir", "results")
@@ -353,7 +370,10 @@ def run_bench(
     csv_path, md_path = results / f"{config.name}.csv", results / f"{config.name}.md"
     rows = _read_rows(csv_path)
     done = {"ok", "failed"} if not retry_failed else {"ok"}
-    pending = [cell for cell in config.cells() if rows.get(cell.id, {}).get("status") not in done]
+    pending = [
+        cell for cell in config.cells()
+        if rows.get(cell.id, {}).get("status") not in done and (only is None or only in cell.id)
+    ]
     datasets: dict[str, Dataset] = {}
     bar = tqdm(pending, unit="cell", disable=None if progress else True)
     for cell in bar:
@@ -376,9 +396,9 @@ def run_bench(
             message = " ".join(str(error).split()) or type(error).__name__
             row.update(status="failed", error=f"{type(error).__name__}: {message}")
             tqdm.write(f"cell {cell.id} failed: {row['error']}")
-        rows[cell.id] = row
+        rows = {**_read_rows(csv_path), cell.id: row}  # keep rows another process wrote meanwhile
         _write_results(config, rows, csv_path, md_path)
     bar.close()
     if not pending:
         _write_results(config, rows, csv_path, md_path)
-    return list(rows.values())
+    return list(_read_rows(csv_path).values())

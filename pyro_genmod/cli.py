@@ -211,7 +211,10 @@ def cmd_sample(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    rows = run_bench(args.config, results_dir=args.results_dir, retry_failed=args.retry_failed, progress=not args.quiet)
+    rows = run_bench(
+        args.config, results_dir=args.results_dir, retry_failed=args.retry_failed,
+        progress=not args.quiet, only=args.only,
+    )
     failed = [row["cell"] for row in rows if row.get("status") != "ok"]
     print(f"{len(rows) - len(failed)} cells ok, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
@@ -307,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("config", help="benchmark config, e.g. benchmarks/configs/digits_smoke.toml")
     bench.add_argument("--results-dir", default=None, help="where NAME.csv and NAME.md go (default: from the config)")
     bench.add_argument("--retry-failed", action="store_true", help="run cells recorded as failed again")
+    bench.add_argument("--only", default=None, metavar="TEXT", help="run only the cells whose id contains TEXT")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
 
