@@ -10,7 +10,7 @@ from ._registry import create_guide, create_model
 from .data import Dataset
 from .checkpoint import CHECKPOINT_FILE, Checkpointer
 from .distributed import is_main_process
-from .errors import GenmodError, RunFolderError, TrainingDiverged
+from .errors import DataError, GenmodError, RunFolderError, TrainingDiverged
 from .importance import LogLikelihood, log_likelihood
 from .runs import prepare_run_folder, save_run
 from .train import FitResult, check_positive_int, fit
@@ -91,7 +91,7 @@ def run_experiment(
         spec = {
             "model": {"name": model_name, "options": model_options or {}},
             "guide": {"name": guide_name, "options": guide_options or {}},
-            "dataset": {"name": data.name, "options": data.options},
+            "dataset": {"name": data.name, "options": data.options, "shape": list(data.shape)},
             "evaluation": {"num_samples": num_samples, "seed": eval_seed},
             "checkpoint_every": checkpoint_every,
             "fit": {k: v for k, v in fit_options.items() if k not in ("progress", "device", "distributed")},
@@ -162,6 +162,11 @@ def resume_experiment(
             f"resume it from Python with fit(..., checkpoint=folder, resume=True)"
         ) from None
     data = load_dataset(dataset["name"], **dataset["options"])
+    if list(data.shape) != dataset.get("shape", list(data.shape)):
+        raise DataError(
+            f"the run in '{folder}' was trained on points of shape {tuple(dataset['shape'])}, but "
+            f"dataset '{dataset['name']}' now gives shape {data.shape}; restore the original data to resume"
+        )
     return run_experiment(
         model["name"], guide["name"], data, out=folder, resume=True, progress=progress,
         device=device, distributed=distributed, **options,
