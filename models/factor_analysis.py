@@ -83,6 +83,7 @@ class FactorAnalysis(GenerativeModel):
         """The closed-form posterior p(z|x), batch shape ``(N,)``."""
         scaled = self.weight / self.noise_variance.unsqueeze(-1)  # Psi^-1 W
         precision = torch.eye(self.latent_dim, dtype=x.dtype, device=x.device) + self.weight.T @ scaled
+        precision = (precision + precision.T) / 2  # exactly symmetric, as MultivariateNormal checks
         centred = x.reshape(x.shape[0], -1) - self.loc
         mean = torch.linalg.solve(precision, (centred @ scaled).T).T
         return {"z": dist.MultivariateNormal(mean, precision_matrix=precision)}

@@ -84,6 +84,29 @@ class GaussianMixture(GenerativeModel):
         self.validate_data(x)
         return torch.logsumexp(self._log_joint(x), dim=-1)
 
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor, seed: int = 0) -> GaussianMixture:
+        """Start from k-means++ seeds: means at C spread-out points of ``x``, covariances equal to
+        the data's (diagonal) variance, equal weights. Returns the model itself.
+
+        Like EM, gradient training of a mixture finds a local optimum that depends on where it
+        starts; scikit-learn's GaussianMixture starts from k-means for the same reason.
+
+        References:
+            | k-means++: The Advantages of Careful Seeding (Arthur & Vassilvitskii, 2007)
+              https://dl.acm.org/doi/10.5555/1283383.1283494
+        """
+        from sklearn.cluster import kmeans_plusplus
+
+        self.validate_data(x)
+        flat = x.reshape(x.shape[0], -1).double()
+        centers, _ = kmeans_plusplus(flat.cpu().numpy(), self.num_components, random_state=seed)
+        self.means.copy_(torch.as_tensor(centers).to(self.means))
+        scale = torch.diag_embed(flat.std(dim=0).clamp_min(1e-3)).expand_as(self.raw_scale_tril)
+        self.raw_scale_tril.copy_(transform_to(constraints.lower_cholesky).inv(scale).to(self.raw_scale_tril))
+        self.mixture_logits.zero_()
+        return self
+
     def exact_posterior(self, x: Tensor) -> dict[str, dist.Distribution]:
         """The closed-form posterior p(k|x) (the responsibilities), batch shape ``(N,)``."""
         return {"k": dist.Categorical(logits=self._log_joint(x))}
