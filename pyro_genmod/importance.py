@@ -5,6 +5,10 @@ log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x),  z_k ~ q(. | x).
 Pyro's ``vectorized_importance_weights`` and ``psis_diagnostic`` sum the log weights over the
 data plate, giving one number per batch; here the data dimension is kept, so each point gets
 its own estimate, ELBO and PSIS k-hat.
+
+Discrete latent sites are scored by sampling, not enumeration: the guide is a discrete
+proposal q(k|x) (``categorical``, ``exact_posterior``, or ``prior``) and log q(k|x) enters the
+weight like any other site. With ``exact_posterior`` the estimate is then exact.
 """
 
 from __future__ import annotations
