@@ -17,12 +17,22 @@ import torch
 from pyro import infer, poutine
 from torch import Tensor
 
+from . import fast
 from .errors import ConfigError, UnknownNameError
 from .importance import _sum_log_prob, log_importance_weights
 
 __all__ = ["Objective", "get_objective", "list_objectives"]
 
 LossPair = tuple[Tensor, float]
+
+
+def _check_reparameterizable(model, name: str) -> None:
+    discrete = [site.name for site in model.latent_sites if site.discrete]
+    if discrete:
+        raise ConfigError(
+            f"objective '{name}' differentiates through the guide's samples, but latent site "
+            f"'{discrete[0]}' is discrete; use objective='traceenum_elbo' or 'tracegraph_elbo'"
+        )
 
 
 class Objective:
@@ -58,13 +68,38 @@ class PyroELBO(Objective):
 
 
 class TraceELBO(PyroELBO):
+    """Pyro's Trace_ELBO. For pairs whose guide sites are all reparameterized it is computed
+    without Pyro traces by :func:`pyro_genmod.fast.elbo_loss`: the same loss and gradient on
+    the same draws, at the cost of a hand-written step. Set ``use_fast = False`` to force Pyro."""
+
     name = "trace_elbo"
     elbo_class = infer.Trace_ELBO
+    use_fast: bool = True
+
+    def __init__(self, num_particles: int = 1):
+        super().__init__(num_particles)
+        self._fast_pairs: dict[tuple[int, int], bool] = {}  # probed once per (model, guide)
+
+    def __call__(self, model, guide, x: Tensor) -> LossPair:
+        key = (id(model), id(guide))
+        if key not in self._fast_pairs:
+            self._fast_pairs[key] = self.use_fast and fast.supports_fast_elbo(model, guide, x)
+        if self._fast_pairs[key]:
+            loss = fast.elbo_loss(model, guide, x, self.num_particles)
+            return loss, float(loss.detach())
+        return super().__call__(model, guide, x)
 
 
 class TraceMeanFieldELBO(PyroELBO):
+    """Trace_ELBO with KL(q || p) in closed form wherever torch registers one (falls back to
+    a Monte Carlo term per site otherwise); every guide site must be reparameterized."""
+
     name = "tracemeanfield_elbo"
     elbo_class = infer.TraceMeanField_ELBO
+
+    def __call__(self, model, guide, x: Tensor) -> LossPair:
+        _check_reparameterizable(model, self.name)
+        return super().__call__(model, guide, x)
 
 
 class TraceEnumELBO(PyroELBO):
@@ -78,16 +113,7 @@ class TraceGraphELBO(PyroELBO):
 
     def __call__(self, model, guide, x: Tensor) -> LossPair:
         elbo, surrogate = self.elbo._loss_and_surrogate_loss(model, guide, (x,), {})
-        return surrogate, -float(elbo)  # Pyro returns the ELBO itself, not its negative
-
-
-def _check_reparameterizable(model, name: str) -> None:
-    discrete = [site.name for site in model.latent_sites if site.discrete]
-    if discrete:
-        raise ConfigError(
-            f"objective '{name}' differentiates through the guide's samples, but latent site "
-            f"'{discrete[0]}' is discrete; use objective='traceenum_elbo' or 'tracegraph_elbo'"
-        )
+        return surrogate, -float(torch.as_tensor(elbo).detach())  # Pyro returns +ELBO
 
 
 class IWAE(Objective):
