@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 import pkgutil
 from typing import Any, Callable
 
@@ -92,6 +93,12 @@ def _check_options(obj, kind: str, name: str, kwargs: dict[str, Any], skip: int)
                 f"{kind} '{name}' has no option '{key}'; its options are: "
                 f"{', '.join(sorted(allowed)) or 'none'}"
             )
+    defaults = {p.name: p.default for p in params}
+    for key, value in kwargs.items():
+        default = defaults[key]
+        numeric = isinstance(default, numbers.Real) and not isinstance(default, bool)
+        if numeric and not isinstance(value, numbers.Real):
+            raise ConfigError(f"{kind} '{name}' option '{key}' must be a number, got {value!r}")
 
 
 def list_models() -> list[str]:
