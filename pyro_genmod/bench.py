@@ -357,7 +357,8 @@ def run_bench(
     """Run every cell of a benchmark grid that has no result yet; return all rows as saved (strings).
 
     Results go to ``RESULTS/NAME.csv`` and ``RESULTS/NAME.md`` after every cell, and trained
-    parameters to ``RUNS/NAME/<cell>/`` (a run folder), so an interrupted grid resumes where it
+    parameters to ``RUNS/<cell>/`` (a run folder; ``runs_dir``, by default ``runs/NAME``; two
+    configs naming the same ``runs_dir`` share trained runs), so an interrupted grid resumes where it
     stopped: finished cells are skipped, and a cell whose training finished is only scored.
     A cell that raises is recorded as ``failed`` with its error and the grid carries on;
     ``retry_failed`` runs such cells again. ``only`` keeps the cells whose id contains it, so
@@ -365,7 +366,7 @@ def run_bench(
     """
     config = config if isinstance(config, BenchConfig) else load_config(config)
     results = Path(results_dir) if results_dir is not None else config.folder("results_dir", "results")
-    runs = config.folder("runs_dir", "runs") / config.name
+    runs = config.folder("runs_dir", f"runs/{config.name}")
     results.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = results / f"{config.name}.csv", results / f"{config.name}.md"
     rows = _read_rows(csv_path)

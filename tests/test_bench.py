@@ -17,7 +17,7 @@ CONFIG = """
 name = "tiny"
 title = "tiny digits grid"
 results_dir = "{root}/results"
-runs_dir = "{root}/runs"
+runs_dir = "{root}/runs/tiny"
 [grid]
 datasets = ["digits"]
 models = {models}
