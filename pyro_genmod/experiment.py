@@ -29,7 +29,8 @@ def score(model, guide, x, num_samples: int, seed: int = 0) -> tuple[LogLikeliho
     return log_likelihood(model, proposal, x, num_samples, seed=seed), proposal.registry_name
 
 
-def metrics_of(ll: LogLikelihood, proposal: str, result: FitResult) -> dict:
+def score_metrics(ll: LogLikelihood, proposal: str) -> dict:
+    """The test-set scores as stored in ``metrics.json``."""
     summary = ll.summary()
     return {
         "test_elbo": summary["elbo"],
@@ -41,6 +42,12 @@ def metrics_of(ll: LogLikelihood, proposal: str, result: FitResult) -> dict:
         "khat_max": summary["khat_max"],
         "khat_above_0.7": summary["khat_above_0.7"],
         "proposal": proposal,
+    }
+
+
+def metrics_of(ll: LogLikelihood, proposal: str, result: FitResult) -> dict:
+    return {
+        **score_metrics(ll, proposal),
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,
         "train_seconds": result.train_seconds,
