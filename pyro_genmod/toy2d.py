@@ -82,8 +82,9 @@ def pinwheel(
 
 @register_dataset("rings")
 def rings(num_train: int = 10000, num_rings: int = 4, noise: float = 0.08, seed: int = 0) -> Dataset:
-    """Concentric circles of radii 1..``num_rings`` (scaled to fit in [-4, 4]); points are spread
-    over the rings in proportion to their circumference; labels are the ring index.
+    """Concentric rings of radii 1..``num_rings``, scaled to fit in [-4, 4], labelled by ring.
+
+    Points are spread over the rings in proportion to their circumference.
 
     Arguments:
         num_train: training points; validation and test sets get a tenth of that each.
