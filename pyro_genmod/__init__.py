@@ -27,6 +27,8 @@ from .errors import (
     TrainingDiverged,
     UnknownNameError,
 )
+from .diagnose import Diagnosis, diagnose
+from .gaps import InferenceGaps, inference_gaps
 from .importance import LogLikelihood, log_importance_weights, log_likelihood
 from .latents import LatentSite
 from .objectives import list_objectives
@@ -54,6 +56,10 @@ __all__ = [
     "LogLikelihood",
     "sample",
     "encode",
+    "diagnose",
+    "Diagnosis",
+    "inference_gaps",
+    "InferenceGaps",
     "load_run",
     "LatentSite",
     "GenmodError",

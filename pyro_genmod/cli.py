@@ -1,4 +1,4 @@
-"""The ``genmod`` command line: train, evaluate, sample and list."""
+"""The ``genmod`` command line: train, evaluate, sample, diagnose, gaps and list."""
 
 from __future__ import annotations
 
@@ -220,6 +220,55 @@ def cmd_bench(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_diagnose(args) -> int:
+    import warnings
+
+    from .diagnose import check_continuous, diagnose
+    from .runs import load_run
+
+    run = load_run(args.run)
+    check_continuous(run.model, "genmod diagnose")
+    count = min(args.points, run.data.test.shape[0])
+    out = Path(args.out) if args.out else run.path / "diagnose"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the report lists convergence warnings
+        result = diagnose(
+            run.model, run.guide, run.data.test[:count], num_chains=args.chains, num_warmup=args.warmup,
+            num_draws=args.draws, num_importance=args.num_samples, seed=args.seed, out=out,
+            progress=not args.quiet,
+        )
+    print(result.report())
+    print(f"wrote {', '.join(sorted(p.name for p in result.files.values()))} to {out}")
+    return 0
+
+
+def cmd_gaps(args) -> int:
+    from .gaps import inference_gaps
+    from .runs import load_run
+
+    run = load_run(args.run)
+    count = min(args.points, run.data.test.shape[0])
+    gaps = inference_gaps(
+        run.model, run.guide, run.data.test[:count], num_samples=args.num_samples, steps=args.steps,
+        lr=args.lr, seed=args.seed, progress=not args.quiet,
+    )
+    summary = gaps.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(
+        f"run {run.path}: {run.config['model']['name']} + {run.config['guide']['name']} on {run.data.name}, "
+        f"first {count} test points, K={args.num_samples}"
+    )
+    for key, label in (
+        ("log_px", "log p(x), IS"), ("elbo_local", "ELBO, local"), ("elbo_amortized", "ELBO, amortized"),
+        ("total", "inference gap"), ("approximation", "  approximation gap"), ("amortization", "  amortization gap"),
+    ):
+        print(f"{label:<21}: {_fmt(summary[key])} +/- {_fmt(summary[key + '_stderr'])} nats per point")
+    print(f"local ELBO by        : {summary['local']}")
+    return 0
+
+
 def _pairs() -> dict[str, dict[str, str | None]]:
     table = {}
     for model_name in _registry.list_models():
@@ -313,6 +362,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", default=None, metavar="TEXT", help="run only the cells whose id contains TEXT")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
+
+    diag = sub.add_parser("diagnose", help="compare a run's guide with NUTS draws of p(z|x) on test points (ArviZ)")
+    diag.add_argument("run", help="run folder")
+    diag.add_argument("--points", type=_positive_int, default=8, help="first N test points (default 8)")
+    diag.add_argument("--chains", type=_positive_int, default=4)
+    diag.add_argument("--warmup", type=_positive_int, default=500, help="NUTS warm-up steps per chain")
+    diag.add_argument("--draws", type=_positive_int, default=500, help="NUTS draws kept per chain")
+    diag.add_argument("--num-samples", "-K", type=_positive_int, default=5000, help="importance samples for k-hat")
+    diag.add_argument("--seed", type=int, default=0)
+    diag.add_argument("--out", default=None, help="output folder (default: RUN/diagnose)")
+    diag.add_argument("--quiet", action="store_true", help="no progress bars")
+    diag.set_defaults(func=cmd_diagnose)
+
+    gaps = sub.add_parser("gaps", help="inference gap = approximation gap + amortization gap (Cremer et al. 2018)")
+    gaps.add_argument("run", help="run folder")
+    gaps.add_argument("--points", type=_positive_int, default=100, help="first N test points (default 100)")
+    gaps.add_argument("--num-samples", "-K", type=_positive_int, default=5000)
+    gaps.add_argument("--steps", type=_positive_int, default=500, help="Adam steps of the per-point optimization")
+    gaps.add_argument("--lr", type=_positive_float, default=0.05)
+    gaps.add_argument("--seed", type=int, default=0)
+    gaps.add_argument("--json", action="store_true", help="print the summary as JSON")
+    gaps.add_argument("--quiet", action="store_true", help="no progress bar")
+    gaps.set_defaults(func=cmd_gaps)
 
     listing = sub.add_parser("list", help="models, guides, datasets, objectives and which pairs fit")
     listing.add_argument("--pairs", action="store_true", help="also say why each non-fitting pair does not fit")
