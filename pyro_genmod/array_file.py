@@ -8,6 +8,7 @@ file it is in, before anything is trained or written.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def read_array(path: str | Path) -> np.ndarray:
         raise DataError(f"data file '{path}' does not exist")
     try:
         if path.suffix.lower() == ".csv":
-            x = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+            with warnings.catch_warnings():  # an empty file is reported below, not warned about
+                warnings.simplefilter("ignore", UserWarning)
+                x = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
         else:
             x = np.load(path, allow_pickle=False)
             if isinstance(x, np.lib.npyio.NpzFile):

@@ -1,0 +1,289 @@
+"""A catalogue of bad inputs: each gives exit code 2 and one stderr line from the CLI, a specific
+exception from the Python API, and leaves everything on disk exactly as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pyro_genmod as pg
+from pyro_genmod.checkpoint import CHECKPOINT_FILE
+from pyro_genmod.cli import main
+from pyro_genmod.experiment import resume_experiment, run_experiment
+from pyro_genmod.runs import load_run
+
+TINY = ["--epochs", "1", "--batch-size", "512", "--latent-dim", "2", "--model-opt", "hidden=[8]",
+        "--guide-opt", "hidden=[8]", "-K", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def _pair(data=(1, 8, 8)):
+    model = pg.create_model("vae", data, latent_dim=2, hidden=[8])
+    return model, pg.create_guide("mean_field", model, hidden=[8])
+
+
+def _fit(data, **options):
+    pg.fit(*_pair(data), data, **{"epochs": 1, "progress": False, **options})
+
+
+def _binary(rows: int = 40, cols: int = 6) -> np.ndarray:
+    return (np.random.default_rng(0).random((rows, cols)) > 0.5).astype(np.float64)
+
+
+def _csv(path: Path, x: np.ndarray, cells: dict | None = None) -> Path:
+    lines = [[repr(float(v)) for v in row] for row in x]
+    for (r, c), text in (cells or {}).items():
+        lines[r][c] = text
+    path.write_text("".join(",".join(row) + "\n" for row in lines))
+    return path
+
+
+@dataclass
+class Case:
+    """``setup(tmp)`` writes the input files and returns (CLI argv, API call, error, match)."""
+
+    name: str
+    setup: Callable[[Path, Path], tuple[list[str], Callable[[], object], type, str]]
+
+
+def _file_case(write, match: str, extra: tuple[str, ...] = ()):
+    """A bad data file: the CLI trains on it, the API loads it."""
+
+    def setup(tmp: Path, run: Path):
+        path = write(tmp)
+        argv = _train(tmp, "--dataset", "file", "--data-opt", f"path={path}", *extra)
+        return argv, lambda: pg.load_dataset("file", path=str(path)), pg.DataError, match
+
+    return setup
+
+
+def _train(tmp: Path, *argv: str) -> list[str]:
+    return ["train", *TINY, *argv, "--out", str(tmp / "out")]
+
+
+def _copy_run(tmp: Path, run: Path, edit: Callable[[Path], object] = lambda c: None) -> Path:
+    copy = tmp / "run"
+    shutil.copytree(run, copy)
+    edit(copy)
+    return copy
+
+
+def _interrupt(copy: Path) -> Path:
+    """Leave only the checkpoint, as a run killed during training does."""
+    for name in ("config.json", "metrics.json", "history.csv", "params.safetensors"):
+        (copy / name).unlink()
+    return copy
+
+
+def _nan_row_5(tmp):
+    x = _binary()
+    x[5, 2] = np.nan
+    return _csv(tmp / "nan.csv", x)
+
+
+def _inf_row_7(tmp):
+    x = _binary()
+    x[7, 0] = np.inf
+    np.save(tmp / "inf.npy", x)
+    return tmp / "inf.npy"
+
+
+def _pickled(tmp):
+    np.save(tmp / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    return tmp / "objects.npy"
+
+
+def _set_version(copy: Path) -> None:
+    config = json.loads((copy / "config.json").read_text())
+    config["format_version"] = 0
+    (copy / "config.json").write_text(json.dumps(config))
+
+
+class Payload:
+    """Unpickling this creates the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def wrong_shape(tmp, run):
+    path = _csv(tmp / "x.csv", _binary())
+    argv = _train(tmp, "--dataset", "file", "--data-opt", f"path={path}", "--data-opt", "shape=[5,5]")
+    return argv, lambda: pg.load_dataset("file", path=str(path), shape=[5, 5]), pg.DataError, "do not fit shape [5, 5]"
+
+
+def shape_changed_since_checkpoint(tmp, run):
+    path, out = _csv(tmp / "x.csv", _binary()), tmp / "run"
+    assert main(["train", *TINY, "--dataset", "file", "--data-opt", f"path={path}", "--out", str(out)]) == 0
+    _interrupt(out)
+    _csv(path, _binary(cols=5))
+    return ["train", "--resume", str(out)], lambda: resume_experiment(out), pg.DataError, "trained on points of shape (6,)"
+
+
+def not_binary(tmp, run):
+    path = _csv(tmp / "grey.csv", np.random.default_rng(0).random((40, 6)))
+    argv = _train(tmp, "--dataset", "file", "--data-opt", f"path={path}")
+    return argv, lambda: _fit(pg.load_dataset("file", path=str(path))), pg.DataError, "needs values in {0, 1}"
+
+
+def taken_output(tmp, run):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("mine")
+    api = lambda: run_experiment("vae", "mean_field", pg.load_dataset("digits"), out=tmp / "out", epochs=1)  # noqa: E731
+    return _train(tmp), api, pg.RunFolderError, "not empty"
+
+
+def unwritable_output(tmp, run):
+    (tmp / "a-file").write_text("x")
+    out = tmp / "a-file" / "out"
+    api = lambda: run_experiment("vae", "mean_field", pg.load_dataset("digits"), out=out, epochs=1)  # noqa: E731
+    return ["train", *TINY, "--out", str(out)], api, pg.RunFolderError, "cannot write to output folder"
+
+
+def evaluate_case(edit, match):
+    def setup(tmp, run):
+        copy = _copy_run(tmp, run, edit)
+        return ["evaluate", str(copy)], lambda: load_run(copy), pg.RunFolderError, match
+
+    return setup
+
+
+def resume_case(edit, match, extra=(), api=None, error=pg.RunFolderError):
+    def setup(tmp, run):
+        copy = _copy_run(tmp, run, edit)
+        call = api(copy) if api else (lambda: resume_experiment(copy))
+        return ["train", "--resume", str(copy), *extra], call, error, match
+
+    return setup
+
+
+def _truncate(copy: Path) -> None:
+    path = _interrupt(copy) / CHECKPOINT_FILE
+    path.write_bytes(path.read_bytes()[:500])
+
+
+def _pickle_checkpoint(copy: Path) -> None:
+    (_interrupt(copy) / CHECKPOINT_FILE).write_bytes(pickle.dumps(Payload(copy.parent / "payload-ran")))
+
+
+def _resume_with_lr(copy: Path):
+    return lambda: pg.fit(
+        *_pair(), pg.load_dataset("digits"), epochs=1, batch_size=512, lr=0.5, checkpoint=copy, resume=True, progress=False
+    )
+
+
+def _simple(argv, api, error, match):
+    return lambda tmp, run: (_train(tmp, *argv), api, error, match)
+
+
+CASES = [
+    Case("nan in the data names its row", _file_case(_nan_row_5, "first in row 5")),
+    Case("inf in the data names its row", _file_case(_inf_row_7, "first in row 7")),
+    Case("non-numeric cell in a data file", _file_case(
+        lambda tmp: _csv(tmp / "text.csv", _binary(), {(3, 1): "abc"}), "could not convert string 'abc'")),
+    Case("empty data file", _file_case(lambda tmp: _csv(tmp / "empty.csv", np.zeros((0, 3))), "empty")),
+    Case("pickled objects in a data file", _file_case(_pickled, "unpickling")),
+    Case("missing data file", _file_case(lambda tmp: tmp / "absent.csv", "does not exist")),
+    Case("data of the wrong shape", wrong_shape),
+    Case("data shape changed since the checkpoint", shape_changed_since_checkpoint),
+    Case("values outside {0,1} with a Bernoulli likelihood", not_binary),
+    Case("non-numeric value in a model option", lambda tmp, run: (
+        ["train", "--epochs", "1", "--model-opt", "latent_dim=abc", "--out", str(tmp / "out")],
+        lambda: pg.create_model("vae", (1, 8, 8), latent_dim="abc"), pg.ConfigError,
+        "option 'latent_dim' must be a number, got 'abc'")),
+    Case("non-numeric value in a dataset option", _simple(
+        ["--data-opt", "seed=abc"], lambda: pg.load_dataset("digits", seed="abc"), pg.ConfigError,
+        "option 'seed' must be a number, got 'abc'")),
+    Case("non-numeric learning rate", _simple(
+        ["--lr", "fast"], lambda: _fit(pg.load_dataset("digits"), lr="fast"), pg.ConfigError, "positive number, got 'fast'")),
+    Case("unknown objective", _simple(
+        ["--objective", "elbo2"], lambda: _fit(pg.load_dataset("digits"), objective="elbo2"),
+        pg.UnknownNameError, "unknown objective 'elbo2'")),
+    Case("K = 0 importance samples", _simple(
+        ["-K", "0"], lambda: pg.log_likelihood(*_pair(), torch.zeros(3, 1, 8, 8), 0), pg.ConfigError,
+        "positive integer, got 0")),
+    Case("zero epochs", _simple(
+        ["--epochs", "0"], lambda: _fit(pg.load_dataset("digits"), epochs=0), pg.ConfigError, "positive integer, got 0")),
+    Case("unknown model", _simple(
+        ["--model", "gann"], lambda: pg.create_model("gann", (1, 8, 8)), pg.UnknownNameError, "unknown model 'gann'")),
+    Case("unknown model option", _simple(
+        ["--model-opt", "depth=3"], lambda: pg.create_model("vae", (1, 8, 8), depth=3), pg.ConfigError, "no option 'depth'")),
+    Case("guide that does not fit the model", lambda tmp, run: (
+        ["train", "--epochs", "1", "--model", "gmm", "--guide", "mean_field", "--out", str(tmp / "out")], lambda: pg.create_guide("mean_field", pg.create_model("gmm", (1, 8, 8))),
+        pg.PairingError, "does not fit model 'gmm'")),
+    Case("unknown dataset", _simple(
+        ["--dataset", "imagenet"], lambda: pg.load_dataset("imagenet"), pg.UnknownNameError, "unknown dataset 'imagenet'")),
+    Case("distributed without torchrun", _simple(
+        ["--distributed"], lambda: pg.fit(*_pair(), pg.load_dataset("digits"), distributed=True), pg.ConfigError, "torchrun")),
+    Case("output folder already holds files", taken_output),
+    Case("unwritable output folder", unwritable_output),
+    Case("run folder from an incompatible version", evaluate_case(_set_version, "format version 0")),
+    Case("incomplete run folder", evaluate_case(lambda c: (c / "params.safetensors").unlink(), "missing params.safetensors")),
+    Case("corrupted parameters file", evaluate_case(
+        lambda c: (c / "params.safetensors").write_bytes(b"\x00" * 7), "not a readable safetensors file")),
+    Case("config.json that is not JSON", evaluate_case(lambda c: (c / "config.json").write_text("{epochs: 3"), "cannot read")),
+    Case("resume a finished run", resume_case(lambda c: None, "finished run")),
+    Case("resume without a checkpoint", resume_case(lambda c: (_interrupt(c) / CHECKPOINT_FILE).unlink(), "no checkpoint")),
+    Case("resume from a truncated checkpoint", resume_case(_truncate, "truncated or corrupted")),
+    Case("resume from a pickle payload", resume_case(_pickle_checkpoint, "pickle")),
+    Case("resume with a changed option", resume_case(
+        _interrupt, "lr", extra=("--lr", "0.5"), api=_resume_with_lr, error=pg.ConfigError)),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_the_catalogue_is_large_enough():
+    assert len(CASES) >= 20 and len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case, tmp_path, finished_run, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    argv, api, error, match = case.setup(tmp_path, finished_run)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith("genmod: note:")]
+    assert len(lines) == 1 and lines[0].startswith("genmod"), err
+    assert "Traceback" not in err
+    assert match.lower() in lines[0].lower(), (match, lines[0])
+    assert _snapshot(tmp_path) == before, "the CLI modified files on disk"
+    with pytest.raises(error, match=None) as caught:
+        api()
+    assert match.lower() in str(caught.value).lower(), (match, str(caught.value))
+    assert _snapshot(tmp_path) == before, "the Python API modified files on disk"
+
+
+def test_batch_larger_than_the_dataset_trains_full_batch_and_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["train", *TINY, "--batch-size", "5000", "--out", str(out)]) == 0
+    assert "every step uses the whole training set" in capsys.readouterr().err
+    history = (out / "history.csv").read_text().splitlines()
+    assert len(history) == 2  # one epoch, of one full-batch step
