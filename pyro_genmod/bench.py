@@ -334,9 +334,9 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
         share = row.get("khat_above_0.7")
         cells = [
             row["dataset"], row["model"], row["guide"], row["objective"], row["k"], row["seed"],
-            _fmt(row.get("epochs"), 0), _fmt(row.get("train_seconds"), 0), _fmt(row.get("test_elbo")),
+            _fmt(row.get("epochs"), 0), _fmt(row.get("train_seconds"), 1), _fmt(row.get("test_elbo")),
             _fmt(row.get("is_nll")), _fmt(row.get("is_nll_stderr")), _fmt(row.get("eval_K"), 0),
-            _fmt(row.get("eval_points"), 0), _fmt(row.get("eval_seconds"), 0), _fmt(row.get("khat_mean")),
+            _fmt(row.get("eval_points"), 0), _fmt(row.get("eval_seconds"), 1), _fmt(row.get("khat_mean")),
             "–" if share in (None, "") else f"{100 * float(share):.1f}%", _fmt(row.get("khat_points"), 0),
             units,
             _fmt(row.get("kl_per_dim"), 3), _fmt(row.get("probe_accuracy"), 3),
