@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -25,6 +24,7 @@ from torch import Tensor
 
 from .diagnostics import psis_khat
 from .errors import ConfigError, GenmodError
+from .fast import log_densities
 from .latents import check_pair
 
 __all__ = ["log_importance_weights", "log_likelihood", "LogLikelihood"]
@@ -51,12 +51,8 @@ def log_importance_weights(model, guide, x: Tensor, num_particles: int) -> Tenso
 
     Gradients flow through it (for IWAE-type objectives); wrap in ``torch.no_grad`` to score.
     """
-    particle_dim = -(model.max_plate_nesting + 1)
-    with pyro.plate("particles", num_particles, dim=particle_dim):
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    log_w = _sum_log_prob(model_trace, particle_dim) - _sum_log_prob(guide_trace, particle_dim)
-    return log_w.expand(num_particles, x.shape[0])
+    log_p, log_q = log_densities(model, guide, x, num_particles, per_point=True)  # no Pyro traces
+    return (log_p - log_q).expand(num_particles, x.shape[0])
 
 
 @dataclass

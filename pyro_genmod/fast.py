@@ -1,0 +1,126 @@
+"""Trace-free log-densities of a model/guide pair: Pyro's ELBO and importance weights, fast.
+
+Pyro's ``Trace_ELBO`` records both programs in a ``Trace``, then walks it to score every site.
+For the single-pass estimators used here the trace is not needed: one lightweight messenger
+adds each site's scaled and masked log-density as the site executes, and another replays the
+guide's draws into the model. The numbers are the same sums over the same draws, so the loss
+and its gradient equal ``Trace_ELBO``'s whenever every guide site is reparameterized (no
+score-function term) and nothing is enumerated; :func:`elbo_loss` refuses other pairs so the
+caller can fall back to Pyro. Distribution argument validation is switched off in this hot
+path (the training loop already stops on a non-finite loss).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pyro
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+
+from .errors import GenmodError
+
+__all__ = ["FastPathUnsupported", "log_densities", "elbo_loss", "supports_fast_elbo"]
+
+
+class FastPathUnsupported(GenmodError):
+    """The pair needs Pyro's full ``Trace_ELBO`` (a score-function or enumerated site)."""
+
+
+class _Score(Messenger):
+    """Adds up ``fn.log_prob(value)`` (scaled and masked) over the sample sites it sees.
+
+    Arguments:
+        replay: values to put at unobserved sites (the guide's draws, for the model).
+        reparameterized: refuse unobserved sites that cannot be reparameterized or are enumerated.
+        per_point: refuse sites whose log-density lacks the particle and data dimensions (sites
+            outside the data plate), and add each site's full log-density, ignoring
+            ``poutine.scale`` and ``poutine.mask`` as the per-point scorer always has.
+    """
+
+    def __init__(self, replay: dict[str, Tensor] | None = None, reparameterized: bool = False, per_point: bool = False):
+        super().__init__()
+        self.replay = replay
+        self.reparameterized = reparameterized
+        self.per_point = per_point
+        self.values: dict[str, Tensor] = {}
+        self.total: Tensor | float = 0.0
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
+            return
+        if self.replay is not None and msg["name"] in self.replay:
+            msg["value"] = self.replay[msg["name"]]
+        elif self.reparameterized and (not msg["fn"].has_rsample or msg["infer"].get("enumerate")):
+            raise FastPathUnsupported(
+                f"site '{msg['name']}' is not reparameterized; Trace_ELBO needs its score-function term"
+            )
+
+    def _postprocess_message(self, msg) -> None:
+        if msg["type"] != "sample" or site_is_subsample(msg):
+            return
+        log_p = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
+        if not self.per_point:
+            log_p = scale_and_mask(log_p, msg["scale"], msg["mask"])
+        elif log_p.dim() < 2:
+            raise GenmodError(
+                f"site '{msg['name']}' is not inside the data plate; per-point log-likelihoods "
+                f"need every site to be local to a data point"
+            )
+        self.total = self.total + log_p
+        if not msg["is_observed"]:
+            self.values[msg["name"]] = msg["value"]
+
+
+def log_densities(
+    model, guide, x: Tensor, num_particles: int = 1, *, reparameterized: bool = False, per_point: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``(log p(x, z), log q(z | x))`` for ``num_particles`` draws z ~ q, without Pyro traces.
+
+    Both totals keep the particle plate at dim ``-(model.max_plate_nesting + 1)`` when
+    ``num_particles > 1`` or ``per_point`` (Pyro's ``vectorize_particles`` layout; otherwise a
+    single particle has no particle dimension) and any plate dimensions, so they broadcast.
+
+    Arguments:
+        model, guide: a model and a guide for it.
+        x: a batch of data.
+        num_particles: draws per data point, vectorized as a plate.
+        reparameterized: raise :class:`FastPathUnsupported` at a guide site without ``rsample``.
+        per_point: the importance-sampling scorer's sums (see :class:`_Score`); raise
+            :class:`GenmodError` at a site outside the data plate.
+    """
+    dim = -(model.max_plate_nesting + 1)
+    guide_score = _Score(reparameterized=reparameterized, per_point=per_point)
+    vectorize = num_particles > 1 or per_point
+    with pyro.validation_enabled(False):
+        with pyro.plate("num_particles_vectorized", num_particles, dim=dim) if vectorize else nullcontext():
+            with guide_score:
+                guide(x)
+            model_score = _Score(replay=guide_score.values, per_point=per_point)
+            with model_score:
+                model(x)
+    return torch.as_tensor(model_score.total), torch.as_tensor(guide_score.total)
+
+
+def elbo_loss(model, guide, x: Tensor, num_particles: int = 1) -> Tensor:
+    """The negative ELBO summed over the batch, as ``Trace_ELBO(num_particles, vectorized)``.
+
+    Same value and gradient as ``Trace_ELBO.differentiable_loss`` on the same draws, for pairs
+    whose guide sites are all reparameterized; raises :class:`FastPathUnsupported` otherwise.
+    """
+    log_p, log_q = log_densities(model, guide, x, num_particles, reparameterized=True)
+    return (log_q.sum() - log_p.sum()) / num_particles
+
+
+def supports_fast_elbo(model, guide, x: Tensor) -> bool:
+    """Whether :func:`elbo_loss` applies to the pair; probes one data point, RNG untouched."""
+    devices = [x.device] if x.device.type != "cpu" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        try:
+            log_densities(model, guide, x[:1], reparameterized=True)
+        except FastPathUnsupported:
+            return False
+    return True

@@ -1,0 +1,152 @@
+"""The trace-free fast paths give Pyro's numbers: Trace_ELBO loss and gradients, IS log weights."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+
+import pyro_genmod as pg
+from pyro_genmod import fast
+from pyro_genmod.importance import _sum_log_prob
+from pyro_genmod.objectives import get_objective
+from pyro_genmod.train import parameters
+from pyro_genmod.guides.mean_field import MeanField
+
+SHAPE = (1, 8, 8)
+
+
+def _pair(guide: str, seed: int = 0, **model_options):
+    torch.manual_seed(seed)
+    model = pg.create_model("vae", SHAPE, latent_dim=3, hidden=(16,), **model_options)
+    return model, pg.create_guide(guide, model)
+
+
+def _batch(n: int = 12, seed: int = 1) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, *SHAPE), 0.4), generator=torch.Generator().manual_seed(seed))
+
+
+def _loss_and_grads(loss_fn, model, guide, x, seed: int):
+    """Run ``loss_fn`` on draws seeded with ``seed``; return the loss and every parameter's gradient."""
+    params = parameters(model, guide)
+    for p in params:
+        p.grad = None
+    torch.manual_seed(seed)
+    loss = loss_fn(model, guide, x)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def _assert_same(a, b) -> None:
+    # Same draws and the same float32 arithmetic up to summation order: agreement to ~1e-6
+    # relative; 1e-5 leaves room for the order of the per-site sums.
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-5)
+    assert len(grads_a) == len(grads_b)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
+
+
+def _vae_guides() -> list[str]:
+    """Every registered guide that fits the VAE, is a density and has only reparameterized sites."""
+    names = []
+    for name in pg.list_guides():
+        model, guide = _pair(name) if pg._registry.pairing_problem(name, _pair("mean_field")[0]) is None else (None, None)
+        if guide is not None and fast.supports_fast_elbo(model, guide, _batch(2)):
+            names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("guide_name", _vae_guides())
+def test_fast_elbo_equals_trace_elbo(guide_name):
+    """Same loss and same gradients as Pyro's Trace_ELBO on the same random draws."""
+    model, guide = _pair(guide_name)
+    x = _batch()
+    pyro_elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
+    reference = _loss_and_grads(pyro_elbo.differentiable_loss, model, guide, x, seed=5)
+    _assert_same(_loss_and_grads(fast.elbo_loss, model, guide, x, seed=5), reference)
+    assert any(float(g.abs().sum()) > 0 for g in reference[1]), "gradients must reach the parameters"
+
+
+def test_core_guides_take_the_fast_path():
+    assert {"mean_field", "full_rank", "delta"} <= set(_vae_guides())
+
+
+def test_vectorized_particles_and_gaussian_likelihood():
+    """num_particles > 1 is Pyro's vectorize_particles layout: the same draws, the same mean."""
+    model, guide = _pair("mean_field", likelihood="gaussian")
+    x = torch.randn(10, *SHAPE)
+    pyro_elbo = pyro.infer.Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    reference = _loss_and_grads(pyro_elbo.differentiable_loss, model, guide, x, seed=2)
+    mine = _loss_and_grads(lambda m, g, b: fast.elbo_loss(m, g, b, num_particles=4), model, guide, x, seed=2)
+    _assert_same(mine, reference)
+
+
+def test_trace_elbo_objective_uses_the_fast_path_and_matches_pyro():
+    """What ``fit`` calls: the objective's value and gradients equal Pyro's, with or without the fast path."""
+    model, guide = _pair("mean_field")
+    x = _batch()
+    objective = get_objective("trace_elbo")
+    calls = []
+    original = fast.elbo_loss
+    fast.elbo_loss = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        mine = _loss_and_grads(lambda m, g, b: objective(m, g, b)[0], model, guide, x, seed=9)
+    finally:
+        fast.elbo_loss = original
+    assert calls, "trace_elbo should take the fast path for a reparameterized guide"
+    slow = get_objective("trace_elbo")
+    slow.use_fast = False
+    _assert_same(mine, _loss_and_grads(lambda m, g, b: slow(m, g, b)[0], model, guide, x, seed=9))
+    value = objective(model, guide, x)[1]
+    assert isinstance(value, float) and value > 0, "the value is the negative ELBO summed over the batch"
+
+
+class _ScoreFunctionGuide(MeanField):
+    """Mean-field Normal whose draws are not reparameterized: Trace_ELBO adds a score-function term."""
+
+    registry_name = "score_function_test"
+
+    def site_distribution(self, params, size):
+        loc, raw = params.split(size, dim=-1)
+        scale_tril = torch.diag_embed(torch.nn.functional.softplus(raw) + 1e-4)
+        return dist.MultivariateNormal(loc, scale_tril=scale_tril).has_rsample_(False)
+
+
+def test_non_reparameterized_guide_falls_back_to_pyro():
+    torch.manual_seed(0)
+    model = pg.create_model("vae", SHAPE, latent_dim=3, hidden=(16,))
+    guide = _ScoreFunctionGuide(model, hidden=(16,))
+    x = _batch()
+    assert not fast.supports_fast_elbo(model, guide, x)
+    with pytest.raises(fast.FastPathUnsupported, match="not reparameterized"):
+        fast.elbo_loss(model, guide, x)
+    # the probe leaves the RNG alone, so the objective's first step uses Pyro's own draws
+    pyro_elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
+    reference = _loss_and_grads(pyro_elbo.differentiable_loss, model, guide, x, seed=3)
+    objective = get_objective("trace_elbo")
+    _assert_same(_loss_and_grads(lambda m, g, b: objective(m, g, b)[0], model, guide, x, seed=3), reference)
+
+
+def _traced_log_weights(model, guide, x, num_particles):
+    """The reference scorer: Pyro traces of the guide and of the model replayed against it."""
+    with pyro.plate("particles", num_particles, dim=-2):
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    return (_sum_log_prob(model_trace, -2) - _sum_log_prob(guide_trace, -2)).expand(num_particles, x.shape[0])
+
+
+@pytest.mark.parametrize("guide_name", ["mean_field", "full_rank", "prior"])
+@pytest.mark.parametrize("k", [1, 7])
+def test_fast_scorer_equals_traced_scorer(guide_name, k):
+    model, guide = _pair(guide_name)
+    x = _batch(9)
+    torch.manual_seed(4)
+    mine = pg.log_importance_weights(model, guide, x, k)
+    torch.manual_seed(4)
+    reference = _traced_log_weights(model, guide, x, k)
+    assert mine.shape == reference.shape == (k, 9)
+    torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
+
