@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyro
@@ -165,3 +166,53 @@ def test_distributed_flag_without_torchrun_is_a_clear_error(flag, capsys, monkey
 def _pair():
     model = pg.create_model("vae", (1, 8, 8), latent_dim=2, hidden=[8])
     return model, pg.create_guide("delta", model)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_torchrun_cli_sigkill_and_resume_is_bitwise_identical(tmp_path):
+    """``torchrun --standalone --nproc_per_node=2 -m pyro_genmod train --distributed``: only rank 0
+    writes; both workers SIGKILLed mid-run, resumed with ``--resume``, bitwise equal to an
+    uninterrupted 2-process run. Slow: three torchrun launches of two workers each."""
+    import signal
+
+    from pyro_genmod.checkpoint import CHECKPOINT_FILE
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pyro_genmod"]
+    args = ["train", "--distributed", "--epochs", "10", "--batch-size", "64", "--latent-dim", "2", "-K", "10",
+            "--model-opt", "hidden=[64]", "--guide-opt", "hidden=[64]", "--checkpoint-every", "7", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref, run = tmp_path / "reference", tmp_path / "interrupted"
+    done = subprocess.run(torchrun + args + ["--out", str(ref)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run saved to") == 1  # rank 1 prints nothing
+
+    launcher = subprocess.Popen(torchrun + args + ["--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path, inodes = run / CHECKPOINT_FILE, set()
+    while len(inodes) < 3 and launcher.poll() is None:  # let it replace the checkpoint a few times
+        if path.exists():
+            inodes.add(path.stat().st_ino)
+        time.sleep(0.002)
+    workers = _children(launcher.pid)
+    assert len(workers) == 2 and launcher.poll() is None, "the run finished before it could be killed"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    launcher.wait(timeout=120)
+    assert not (run / "params.safetensors").exists()
+
+    done = subprocess.run(torchrun + ["train", "--distributed", "--resume", str(run), "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected, got = load_file(str(ref / "params.safetensors")), load_file(str(run / "params.safetensors"))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
