@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import prod
 
 import pyro.distributions as dist
@@ -25,7 +25,8 @@ class FlowGuide(AmortizedGuide):
 
     Arguments:
         model: the model whose latent sites to cover.
-        num_flows: number of flow layers per site (the depth).
+        num_flows: number of flow layers per site (the depth); ``None`` uses the family's
+            default (``default_num_flows``).
         flow_hidden: hidden widths of each flow layer's network (the width); ``None`` uses the
             family's default.
         conditional: condition each flow layer on an encoder context c(x); otherwise the flow's
@@ -36,18 +37,20 @@ class FlowGuide(AmortizedGuide):
     """
 
     can_condition = True
+    default_num_flows = 2
     scores_own_samples_only = False  # planar, radial and Sylvester flows cannot be inverted
 
     def __init__(
         self,
         model,
-        num_flows: int = 2,
+        num_flows: int | None = None,
         flow_hidden: Sequence[int] | None = None,
         conditional: bool = True,
         context_dim: int = 16,
         hidden: Sequence[int] = (200, 200),
         activation: str = "tanh",
     ):
+        num_flows = self.default_num_flows if num_flows is None else num_flows
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
             raise ValueError(f"num_flows must be a positive integer, got {num_flows!r}")
         if conditional and not self.can_condition:
@@ -69,9 +72,15 @@ class FlowGuide(AmortizedGuide):
             for site in self.latent_sites
         )
 
+    # Pyro helpers ``flow(size)`` and ``conditional_flow(size, context_dim, hidden_dims)``
+    flow: Callable | None = None
+    conditional_flow: Callable | None = None
+
     def make_flow(self, size: int, context_dim: int, hidden_dims: list[int] | None) -> nn.Module:
         """One flow layer on ``size`` values, conditional on ``context_dim`` values if > 0."""
-        raise NotImplementedError
+        if context_dim:
+            return type(self).conditional_flow(size, context_dim, hidden_dims)
+        return type(self).flow(size)
 
     def num_params(self, size: int) -> int:
         return 2 * size + self.context_dim

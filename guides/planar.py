@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pyro.distributions import transforms as T
-from torch import nn
 
 from pyro_genmod._registry import register_guide
 
@@ -26,7 +25,7 @@ class Planar(FlowGuide):
 
     Arguments:
         model: the model whose latent sites to cover.
-        num_flows: number of planar layers per site.
+        num_flows: number of planar layers per site (default 8).
         flow_hidden: hidden widths of the network from c(x) to (u, w, b) (default: 10D).
         conditional: amortize the flow parameters through c(x).
         context_dim: size of c(x).
@@ -35,11 +34,6 @@ class Planar(FlowGuide):
     """
 
     scores_own_samples_only = True
-
-    def __init__(self, model, num_flows: int = 8, **options):
-        super().__init__(model, num_flows=num_flows, **options)
-
-    def make_flow(self, size: int, context_dim: int, hidden_dims: list[int] | None) -> nn.Module:
-        if context_dim:
-            return T.conditional_planar(size, context_dim, hidden_dims)
-        return T.planar(size)
+    default_num_flows = 8
+    flow = T.planar
+    conditional_flow = T.conditional_planar

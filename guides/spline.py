@@ -36,7 +36,9 @@ class Spline(FlowGuide):
         activation: encoder activation.
     """
 
-    def __init__(self, model, num_flows: int = 1, count_bins: int = 8, bound: float = 3.0, order: str = "linear", **options):
+    default_num_flows = 1
+
+    def __init__(self, model, num_flows: int | None = None, count_bins: int = 8, bound: float = 3.0, order: str = "linear", **options):
         if isinstance(count_bins, bool) or not isinstance(count_bins, int) or count_bins < 2:
             raise ValueError(f"count_bins must be an integer >= 2, got {count_bins!r}")
         if order not in ("linear", "quadratic"):

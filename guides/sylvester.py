@@ -36,7 +36,9 @@ class Sylvester(FlowGuide):
     can_condition = False
     scores_own_samples_only = True
 
-    def __init__(self, model, num_flows: int = 4, householder: int = 2, hidden=(200, 200), activation: str = "tanh"):
+    default_num_flows = 4
+
+    def __init__(self, model, num_flows: int | None = None, householder: int = 2, hidden=(200, 200), activation: str = "tanh"):
         if isinstance(householder, bool) or not isinstance(householder, int) or householder < 1:
             raise ValueError(f"householder must be a positive integer, got {householder!r}")
         self.householder = householder
