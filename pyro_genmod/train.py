@@ -107,8 +107,9 @@ def fit(
         lr: Adam learning rate.
         seed: seeds minibatch order, binarization and latent noise.
         objective: ``trace_elbo``, ``tracemeanfield_elbo``, ``traceenum_elbo``,
-            ``tracegraph_elbo`` or ``iwae``.
-        num_particles: particles per point (K for ``iwae``).
+            ``tracegraph_elbo``, ``iwae`` or ``iwae_dreg`` (IWAE with the doubly
+            reparameterized guide gradient).
+        num_particles: particles per point (K for ``iwae`` and ``iwae_dreg``).
         early_stopping: stop when the validation ELBO has not improved for this many epochs,
             and restore the best parameters.
         progress: show a tqdm progress bar with the ELBO.
