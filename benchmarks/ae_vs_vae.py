@@ -11,7 +11,7 @@ encoder and decoder networks, then measures:
 
 Writes ``benchmarks/results/ae_vs_vae.{md,png}`` (``ae_vs_vae_mnist.*`` with ``--data-root``).
 
-    python benchmarks/ae_vs_vae.py                                  # digits, about a minute
+    python benchmarks/ae_vs_vae.py                                  # digits, minutes on 2 cores
     python benchmarks/ae_vs_vae.py --data-root ../shared/data --epochs 10   # MNIST
 """
 
@@ -76,9 +76,9 @@ def continuity(paths: torch.Tensor) -> dict[str, float]:
     }
 
 
-def train_pair(name: str, guide: str, data, args) -> tuple:
+def train_pair(name: str, guide: str, data, latent_dim: int, args) -> tuple:
     pyro.set_rng_seed(args.seed)
-    model = pg.create_model(name, data, latent_dim=args.latent_dim, hidden=args.hidden)
+    model = pg.create_model(name, data, latent_dim=latent_dim, hidden=args.hidden)
     q = pg.create_guide(guide, model, hidden=args.hidden)
     result = pg.fit(model, q, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=False)
     return model, q, result
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=None, help="folder with MNIST/raw; default: digits")
     parser.add_argument("--epochs", type=int, default=None, help="default: 300 on digits, 10 on MNIST")
-    parser.add_argument("--latent-dim", type=int, default=2)
+    parser.add_argument("--latent-dims", type=int, nargs="+", default=[2, 16])
     parser.add_argument("--hidden", type=int, nargs="+", default=[200, 200])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -117,51 +117,59 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     pairs = torch.randint(data.test.shape[0], (args.pairs, 2), generator=generator)
     rows, figures = [], {}
-    for name, guide in (("ae", "delta"), ("vae", "mean_field")):
-        start = time.perf_counter()
-        model, q, result = train_pair(name, guide, data, args)
-        seconds = time.perf_counter() - start
-        codes = encode(q, data.train)
-        sources = {"N(0, I)": torch.randn(args.samples, args.latent_dim, generator=generator)}
-        fitted = codes.mean(0) + codes.std(0) * torch.randn(args.samples, args.latent_dim, generator=generator)
-        sources["Gaussian fitted to codes"] = fitted
-        z0, z1 = encode(q, data.test[pairs[:, 0]]), encode(q, data.test[pairs[:, 1]])
-        paths = interpolate(model, z0, z1, args.steps)
-        smooth = continuity(paths)
-        if name == "vae":
-            ll = pg.log_likelihood(model, q, data.test, 1000, seed=args.seed)
-            score = f"{ll.mean:.2f} +/- {ll.stderr:.2f}"
-        else:
-            score = "n/a (improper prior)"
-        for source, z in sources.items():
-            images = decode_mean(model, z)
-            rows.append({
-                "model": name, "codes": source, "complete": completeness(classifier, images),
-                "val": result.history[-1]["val_elbo"], "ll": score, "seconds": seconds, **smooth,
-            })
-            figures[(name, source)] = images[:16]
-        figures[(name, "paths")] = paths[:4]
-        figures[(name, "code_std")] = codes.std(0)
+    for latent_dim in args.latent_dims:
+        for name, guide in (("ae", "delta"), ("vae", "mean_field")):
+            start = time.perf_counter()
+            model, q, result = train_pair(name, guide, data, latent_dim, args)
+            seconds = time.perf_counter() - start
+            codes = encode(q, data.train)
+            sources = {
+                "N(0, I)": torch.randn(args.samples, latent_dim, generator=generator),
+                "Gaussian fitted to codes": codes.mean(0) + codes.std(0) * torch.randn(args.samples, latent_dim, generator=generator),
+            }
+            z0, z1 = encode(q, data.test[pairs[:, 0]]), encode(q, data.test[pairs[:, 1]])
+            paths = interpolate(model, z0, z1, args.steps)
+            smooth = continuity(paths)
+            if name == "vae":
+                ll = pg.log_likelihood(model, q, data.test, 1000, seed=args.seed)
+                score = f"{ll.mean:.2f} +/- {ll.stderr:.2f}"
+            else:
+                score = "n/a (improper prior)"
+            for source, z in sources.items():
+                images = decode_mean(model, z)
+                rows.append({
+                    "model": name, "dim": latent_dim, "codes": source, "complete": completeness(classifier, images),
+                    "val": result.history[-1]["val_elbo"], "ll": score, "seconds": seconds, **smooth,
+                })
+                figures[(latent_dim, name, source)] = images[:12]
+            figures[(latent_dim, name, "paths")] = paths[:4]
 
     write_figure(stem.with_suffix(".png"), figures, args)
-    write_table(stem.with_suffix(".md"), rows, data, args, reference, reference_accuracy, figures)
+    write_table(stem.with_suffix(".md"), rows, data, args, reference, reference_accuracy)
     print(stem.with_suffix(".md").read_text())
 
 
+def strip(images: torch.Tensor) -> torch.Tensor:
+    """Images ``(n, 1, H, W)`` side by side with a 1-pixel grey gap."""
+    padded = torch.nn.functional.pad(images[:, 0], (0, 1), value=0.5)
+    return torch.cat(list(padded), dim=1)
+
+
 def write_figure(path: Path, figures: dict, args) -> None:
-    panels = [("ae", "N(0, I)"), ("ae", "Gaussian fitted to codes"), ("vae", "N(0, I)")]
-    fig, axes = plt.subplots(5, 1, figsize=(8, 9))
-    for ax, key in zip(axes[:3], panels):
-        images = figures[key]
-        strip = torch.cat(list(images[:, 0]), dim=1).numpy()
-        ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{key[0].upper()}: decoded random codes, {key[1]}", fontsize=9)
-        ax.axis("off")
-    for ax, name in zip(axes[3:], ("ae", "vae")):
-        paths = figures[(name, "paths")]  # (4, T+1, C, H, W)
-        grid = torch.cat([torch.cat(list(p[:, 0]), dim=1) for p in paths], dim=0).numpy()
-        ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{name.upper()}: interpolations between the codes of two test images", fontsize=9)
+    dims = args.latent_dims
+    fig, axes = plt.subplots(5, len(dims), figsize=(6 * len(dims), 9), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 1, 1, 3.5, 3.5]})
+    for col, dim in enumerate(dims):
+        panels = [("ae", "N(0, I)"), ("ae", "Gaussian fitted to codes"), ("vae", "N(0, I)")]
+        for row, (name, source) in enumerate(panels):
+            axes[row, col].imshow(strip(figures[(dim, name, source)]).numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[row, col].set_title(f"{name.upper()} (d={dim}): decoded random codes, {source}", fontsize=8)
+        for row, name in ((3, "ae"), (4, "vae")):
+            paths = figures[(dim, name, "paths")]
+            grid = torch.cat([torch.nn.functional.pad(strip(p), (0, 0, 0, 1), value=0.5) for p in paths], dim=0)
+            axes[row, col].imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[row, col].set_title(f"{name.upper()} (d={dim}): interpolations between two test images' codes", fontsize=8)
+    for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,36 +177,36 @@ def write_figure(path: Path, figures: dict, args) -> None:
     plt.close(fig)
 
 
-def write_table(path: Path, rows: list[dict], data, args, reference: float, accuracy: float, figures: dict) -> None:
+def write_table(path: Path, rows: list[dict], data, args, reference: float, accuracy: float) -> None:
+    root = f" --data-root {args.data_root}" if args.data_root else ""
     lines = [
         f"# AE vs VAE on {data.name}",
         "",
-        f"Command: `python benchmarks/ae_vs_vae.py{' --data-root ' + args.data_root if args.data_root else ''} "
-        f"--epochs {args.epochs}`; latent dim {args.latent_dim}, networks {args.hidden} (tanh) for "
-        f"encoder and decoder of both, Bernoulli likelihood, dynamic binarization, batch "
-        f"{args.batch_size}, Adam lr {args.lr}, seed {args.seed}; CPU.",
+        f"Command: `python benchmarks/ae_vs_vae.py{root} --epochs {args.epochs}`: latent dims "
+        f"{args.latent_dims}, the same networks {args.hidden} (tanh) for the encoders and decoders "
+        f"of both, Bernoulli likelihood, dynamic binarization, batch {args.batch_size}, Adam lr "
+        f"{args.lr}, seed {args.seed}; CPU.",
         "",
-        f"Judge: logistic regression on real training images; accuracy on held-out real "
-        f"images {accuracy:.3f}, and {reference:.3f} of those get confidence > 0.9 (the "
+        f"Judge: logistic regression on real training images. On held-out real images its "
+        f"accuracy is {accuracy:.3f}, and {reference:.3f} of them get confidence > 0.9 (the "
         f"completeness of real data).",
         "",
-        "| model | random codes from | completeness (conf > 0.9) | mean step | endpoint change "
+        "| model | latent dim | random codes from | completeness (conf > 0.9) | mean step | endpoint change "
         "| largest step / even step | path length / endpoint change | val ELBO (AE: reconstruction) "
         "| test log p(x), IS K=1000 | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['codes']} | {r['complete']:.3f} | {r['step']:.4f} | {r['endpoints']:.4f} "
+            f"| {r['model']} | {r['dim']} | {r['codes']} | {r['complete']:.3f} | {r['step']:.4f} | {r['endpoints']:.4f} "
             f"| {r['evenness']:.2f} | {r['path_ratio']:.2f} | {r['val']:.2f} | {r['ll']} | {r['seconds']:.0f} |"
         )
-    stds = {name: ", ".join(f"{v:.2f}" for v in figures[(name, "code_std")].tolist()) for name in ("ae", "vae")}
     lines += [
         "",
-        f"Continuity columns come from {args.pairs} random test pairs and {args.steps} steps and "
-        f"do not depend on where random codes come from. An even morph has largest step / even "
-        f"step = 1 and path ratio = 1; a jump gives up to {args.steps}.",
-        f"Per-dimension std of the training codes: AE [{stds['ae']}], VAE posterior means [{stds['vae']}].",
+        f"{args.samples} random codes per row. The continuity columns come from {args.pairs} random "
+        f"test pairs and {args.steps} steps (the same pairs for every model) and do not depend on "
+        f"where random codes come from. An even morph has largest step / even step = 1 and path "
+        f"length / endpoint change = 1; a single jump gives {args.steps} and 1.",
         "",
         f"Figure: `{path.with_suffix('.png').name}`.",
     ]

@@ -60,6 +60,8 @@ def _fmt(value, digits: int = 3) -> str:
 def _print_scores(metrics: dict, stream=sys.stdout) -> None:
     k = metrics["num_importance_samples"]
     note = f" (proposal: {metrics['proposal']})" if metrics.get("proposal") == "prior" else ""
+    if metrics.get("proposal") == "none":
+        note = " (undefined: the model's prior is improper)"
     print(f"test ELBO                 : {_fmt(metrics['test_elbo'])} nats per point", file=stream)
     print(
         f"test log p(x), IS K={k:<5}: {_fmt(metrics['test_log_likelihood'])} "
@@ -140,6 +142,7 @@ def cmd_train(args) -> int:
                 objective=args.objective, num_particles=args.num_particles,
                 early_stopping=args.early_stopping, progress=not args.quiet, device=args.device,
                 checkpoint_every=args.checkpoint_every, distributed=distributed,
+                beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits,
             )
     except TrainingDiverged as error:
         print(f"genmod: {error} (last good state saved in {out})", file=sys.stderr)
@@ -158,25 +161,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .experiment import score
+    from .experiment import score, score_metrics
     from .runs import load_run
 
     run = load_run(args.run)
     seed = args.seed if args.seed is not None else run.config.get("evaluation", {}).get("seed", 0)
     ll, proposal = score(run.model, run.guide, run.data.test, args.num_samples, seed=seed)
-    summary = ll.summary()
-    metrics = {
-        "test_elbo": summary["elbo"],
-        "test_log_likelihood": summary["log_likelihood"],
-        "test_log_likelihood_stderr": summary["log_likelihood_stderr"],
-        "num_importance_samples": args.num_samples,
-        "num_test_points": summary["num_points"],
-        "khat_mean": summary["khat_mean"],
-        "khat_max": summary["khat_max"],
-        "khat_above_0.7": summary["khat_above_0.7"],
-        "proposal": proposal,
-        "seed": seed,
-    }
+    metrics = {**score_metrics(ll, proposal), "seed": seed}
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -322,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--objective", default="trace_elbo")
     train.add_argument("--num-particles", type=_positive_int, default=1, help="particles per point (K for iwae)")
     train.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE")
+    train.add_argument("--beta", type=float, default=1.0, help="weight of the KL terms (beta-VAE; default 1)")
+    train.add_argument("--kl-warmup", type=int, default=0, metavar="EPOCHS", help="raise the KL weight linearly from 0 over EPOCHS")
+    train.add_argument("--free-bits", type=float, default=0.0, metavar="NATS", help="KL per latent site not penalized below NATS")
     train.add_argument("--latent-dim", type=_positive_int, default=None)
     train.add_argument("--likelihood", default=None)
     train.add_argument("--model-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra model option (JSON value)")
