@@ -66,7 +66,7 @@ class FactorAnalysis(GenerativeModel):
 
     def likelihood(self, latents: dict[str, Tensor]) -> dist.Distribution:
         mean = self.loc + latents["z"] @ self.weight.T
-        scale = self.noise_variance.sqrt().expand(mean.shape)
+        scale = self.log_noise_scale.exp().expand(mean.shape)
         shape = (*mean.shape[:-1], *self.data_shape)
         return dist.Normal(mean.reshape(shape), scale.reshape(shape)).to_event(len(self.data_shape))
 

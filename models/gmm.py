@@ -85,26 +85,33 @@ class GaussianMixture(GenerativeModel):
         return torch.logsumexp(self._log_joint(x), dim=-1)
 
     @torch.no_grad()
-    def init_from_data(self, x: Tensor, seed: int = 0) -> GaussianMixture:
-        """Start from k-means++ seeds: means at C spread-out points of ``x``, covariances equal to
-        the data's (diagonal) variance, equal weights. Returns the model itself.
+    def init_from_data(self, x: Tensor, seed: int = 0, reg_covar: float = 1e-6) -> GaussianMixture:
+        """Start where scikit-learn's GaussianMixture starts EM: one k-means run on ``x`` gives hard
+        assignments, and the weights, means and covariances (plus ``reg_covar`` I) are those of
+        the clusters. Returns the model itself.
 
-        Like EM, gradient training of a mixture finds a local optimum that depends on where it
-        starts; scikit-learn's GaussianMixture starts from k-means for the same reason.
+        Like EM, gradient training of a mixture climbs to a local optimum that depends on the
+        start, so training from the same start is what makes the two comparable.
 
         References:
-            | k-means++: The Advantages of Careful Seeding (Arthur & Vassilvitskii, 2007)
-              https://dl.acm.org/doi/10.5555/1283383.1283494
+            | scikit-learn GaussianMixture (init_params="kmeans")
+              https://scikit-learn.org/stable/modules/generated/sklearn.mixture.GaussianMixture.html
         """
-        from sklearn.cluster import kmeans_plusplus
+        from sklearn.cluster import KMeans
 
         self.validate_data(x)
         flat = x.reshape(x.shape[0], -1).double()
-        centers, _ = kmeans_plusplus(flat.cpu().numpy(), self.num_components, random_state=seed)
-        self.means.copy_(torch.as_tensor(centers).to(self.means))
-        scale = torch.diag_embed(flat.std(dim=0).clamp_min(1e-3)).expand_as(self.raw_scale_tril)
-        self.raw_scale_tril.copy_(transform_to(constraints.lower_cholesky).inv(scale).to(self.raw_scale_tril))
-        self.mixture_logits.zero_()
+        labels = KMeans(self.num_components, n_init=1, random_state=seed).fit(flat.cpu().numpy()).labels_
+        resp = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.long), self.num_components).double()
+        counts = resp.sum(dim=0) + 1e-10
+        means = resp.T @ flat / counts.unsqueeze(-1)
+        centred = flat.unsqueeze(0) - means.unsqueeze(1)  # (C, N, D)
+        covariances = torch.einsum("nc,cnd,cne->cde", resp, centred, centred) / counts.reshape(-1, 1, 1)
+        covariances = covariances + reg_covar * torch.eye(flat.shape[1], dtype=flat.dtype)
+        tril = torch.linalg.cholesky(covariances)
+        self.mixture_logits.copy_((counts / counts.sum()).log().to(self.mixture_logits))
+        self.means.copy_(means.to(self.means))
+        self.raw_scale_tril.copy_(transform_to(constraints.lower_cholesky).inv(tril).to(self.raw_scale_tril))
         return self
 
     def exact_posterior(self, x: Tensor) -> dict[str, dist.Distribution]:
