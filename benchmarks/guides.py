@@ -11,7 +11,7 @@ on the trained mean-field model.
 Writes ``benchmarks/results/guides.md`` (``guides_mnist.md`` with ``--data-root``).
 
     python benchmarks/guides.py                                             # digits
-    python benchmarks/guides.py --data-root ../shared/data --epochs 5 --test-points 1000
+    python benchmarks/guides.py --data-root ../shared/data --epochs 3 --test-points 500 --max-k 5
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=100, help="draws for the gradient variance")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=None, help="guides to run (default: all rows)")
+    parser.add_argument("--max-k", type=int, default=None, help="skip rows trained with more particles")
     args = parser.parse_args(argv)
     mnist = args.data_root is not None
     data = pg.load_dataset("mnist", root=args.data_root) if mnist else pg.load_dataset("digits")
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     test = data.test[: args.test_points] if args.test_points else data.test
     rows, baseline = [], None
     for guide_name, objective, particles in ROWS:
-        if args.only and guide_name not in args.only:
+        if (args.only and guide_name not in args.only) or (args.max_k and particles > args.max_k):
             continue
         row, pair = train_and_score(data, test, guide_name, objective, particles, args)
         rows.append(row)
@@ -153,7 +154,8 @@ def write_table(rows: list[dict], variance: dict, data, test, args) -> None:
         f"# Guide zoo on {data.name}: VAE (latent {args.latent_dim}, MLP 200-200 tanh, Bernoulli)",
         "",
         f"Command: `python benchmarks/guides.py{' --data-root ' + args.data_root if args.data_root else ''}"
-        f" --epochs {args.epochs}{' --test-points ' + str(args.test_points) if args.test_points else ''}`. "
+        f" --epochs {args.epochs}{' --test-points ' + str(args.test_points) if args.test_points else ''}"
+        f"{' --only ' + ' '.join(args.only) if args.only else ''}{' --max-k ' + str(args.max_k) if args.max_k else ''}`. "
         f"Every row: {args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}, "
         f"same initialisation; scored on {test.shape[0]} test points with K={args.num_samples} "
         f"importance samples (seed {args.seed}). Log-likelihoods in nats per point (higher is "
