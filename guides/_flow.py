@@ -9,6 +9,8 @@ import pyro.distributions as dist
 from pyro.distributions.conditional import ConditionalTransformModule
 from torch import Tensor, nn
 
+from pyro_genmod.latents import LatentSite
+
 from .base import AmortizedGuide, softplus_scale
 
 __all__ = ["FlowGuide"]
@@ -38,6 +40,9 @@ class FlowGuide(AmortizedGuide):
 
     can_condition = True
     default_num_flows = 2
+    # Pyro helpers ``flow(size)`` and ``conditional_flow(size, context_dim, hidden_dims)``
+    flow: Callable | None = None
+    conditional_flow: Callable | None = None
     scores_own_samples_only = False  # planar, radial and Sylvester flows cannot be inverted
 
     def __init__(
@@ -72,10 +77,6 @@ class FlowGuide(AmortizedGuide):
             for site in self.latent_sites
         )
 
-    # Pyro helpers ``flow(size)`` and ``conditional_flow(size, context_dim, hidden_dims)``
-    flow: Callable | None = None
-    conditional_flow: Callable | None = None
-
     def make_flow(self, size: int, context_dim: int, hidden_dims: list[int] | None) -> nn.Module:
         """One flow layer on ``size`` values, conditional on ``context_dim`` values if > 0."""
         if context_dim:
@@ -85,7 +86,7 @@ class FlowGuide(AmortizedGuide):
     def num_params(self, size: int) -> int:
         return 2 * size + self.context_dim
 
-    def flat_posterior(self, site, params: Tensor) -> dist.Distribution:
+    def flat_posterior(self, site: LatentSite, params: Tensor) -> dist.Distribution:
         size = prod(self.shapes[site.name])
         loc, raw_scale, context = params.split([size, size, self.context_dim], dim=-1)
         base = dist.Normal(loc, softplus_scale(raw_scale)).to_event(1)
