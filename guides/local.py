@@ -84,7 +84,7 @@ class LocalGuide(Guide):
 
     @staticmethod
     def _keys(x: Tensor) -> list[bytes]:
-        rows = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float32).contiguous().numpy()
+        rows = x.detach().flatten(1).to("cpu", torch.float32).contiguous().numpy()
         return [row.tobytes() for row in rows]
 
     def initial_parameters(self, x: Tensor) -> Tensor:
