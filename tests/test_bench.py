@@ -152,8 +152,8 @@ def test_cli_missing_config_is_one_line(tmp_path, capsys):
 
 
 def test_shipped_configs_parse():
-    for name in ("digits_smoke", "mnist"):
-        config = load_config(f"benchmarks/configs/{name}.toml")
+    for name, file in (("digits_smoke", "digits_smoke"), ("mnist_full", "mnist"), ("mnist_1k", "mnist_1k")):
+        config = load_config(f"benchmarks/configs/{file}.toml")
         assert config.name == name and config.cells()
 
 
