@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from .errors import ConfigError, RunFolderError
+from .errors import ConfigError, GenmodError, RunFolderError
 from .runs import _atomic_write
 
 __all__ = [
@@ -268,6 +268,18 @@ class Checkpointer:
         ``options``, since continuing under other settings would not be the same run.
         """
         ckpt = self.load()
+        try:
+            return self._restore(ckpt, model, guide, optimizer, generator, options, ddp)
+        except GenmodError:
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise RunFolderError(
+                f"checkpoint '{self.path}' does not fit this model, guide and optimizer ({first}); "
+                f"resume with the run's own settings or start again"
+            ) from None
+
+    def _restore(self, ckpt, model, guide, optimizer, generator, options, ddp) -> Resumed:
         progress = ckpt.meta["progress"]
         saved = progress.get("options", {})
         for key in sorted(set(saved) | set(options)):
@@ -276,13 +288,9 @@ class Checkpointer:
                     f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, "
                     f"this call asks for {key}={options.get(key)!r}; use the checkpoint's value"
                 )
-        try:
-            model.load_state_dict(ckpt.group("model") or {}, strict=True)
-            guide.load_state_dict(ckpt.group("guide") or {}, strict=True)
-            _set_optimizer_state(optimizer, ckpt)
-        except (RuntimeError, ValueError, KeyError) as error:
-            first = str(error).splitlines()[0]
-            raise RunFolderError(f"checkpoint '{self.path}' does not match this model and guide: {first}") from None
+        model.load_state_dict(ckpt.group("model") or {}, strict=True)
+        guide.load_state_dict(ckpt.group("guide") or {}, strict=True)
+        _set_optimizer_state(optimizer, ckpt)
         _set_rng_state(ckpt, generator)
         if ddp is not None:
             torch.set_rng_state(ckpt.tensors[f"rng.rank.{ddp.rank}"])
@@ -292,9 +300,9 @@ class Checkpointer:
             return None if model_state is None else (model_state, ckpt.group(f"{name}.guide") or {})
 
         return Resumed(
-            epoch=progress["epoch"], step=progress["step"], epoch_loss=progress["epoch_loss"],
-            seconds=progress["seconds"], history=progress["history"], best_epoch=progress["best_epoch"],
-            best_value=progress["best_value"], order=ckpt.tensors.get("order"),
+            epoch=int(progress["epoch"]), step=int(progress["step"]), epoch_loss=float(progress["epoch_loss"]),
+            seconds=float(progress["seconds"]), history=list(progress["history"]), best_epoch=progress["best_epoch"],
+            best_value=float(progress["best_value"]), order=ckpt.tensors.get("order"),
             last_good=states("last_good"), best=states("best"),
         )
 

@@ -89,3 +89,22 @@ def test_missing_checkpoint_and_wrong_version(tmp_path, checkpoint):
     future = save_checkpoint(tmp_path / "future.safetensors", {"x": torch.zeros(1)}, {"version": 99})
     with pytest.raises(pg.RunFolderError, match="format version 99"):
         load_checkpoint(future)
+
+
+def test_a_checkpoint_for_another_model_or_with_broken_metadata_is_refused(tmp_path, digits):
+    from pyro_genmod.checkpoint import Checkpointer
+
+    torch.manual_seed(0)
+    small = pg.create_model("vae", digits, latent_dim=2, hidden=[8])
+    pg.fit(small, pg.create_guide("mean_field", small, hidden=[8]), digits, epochs=1, checkpoint=tmp_path, progress=False)
+    big = pg.create_model("vae", digits, latent_dim=2, hidden=[16])
+    with pytest.raises(pg.RunFolderError, match="does not fit this model"):
+        pg.fit(big, pg.create_guide("mean_field", big, hidden=[16]), digits, epochs=1, checkpoint=tmp_path,
+               resume=True, progress=False)
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT_FILE)  # valid tensors, but metadata missing a field
+    del ckpt.meta["progress"]["epoch_loss"], ckpt.meta["sha256"]
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, ckpt.tensors, ckpt.meta)
+    with pytest.raises(pg.RunFolderError, match="epoch_loss"):
+        pg.fit(small, pg.create_guide("mean_field", small, hidden=[8]), digits, epochs=1, checkpoint=tmp_path,
+               resume=True, progress=False)
+    assert isinstance(Checkpointer(tmp_path).load().meta, dict)
