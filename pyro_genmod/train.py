@@ -151,13 +151,15 @@ def fit(
         model.validate_data(train, "training data")
     model.validate_data(data.val, "validation data")
 
+    ddp = DataParallel.current() if distributed else None
+    if device is None and ddp is not None and ddp.device.type == "cuda":
+        device = ddp.device  # under NCCL each rank trains on its own GPU
     device = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu")
     )
     model.to(device)
     guide.to(device)
     train, val = train.to(device), data.val.to(device)
-    ddp = DataParallel.current() if distributed else None
     world = ddp.world_size if ddp else 1
     pyro.set_rng_seed(seed + (ddp.rank if ddp else 0))  # ranks draw different latent noise
     generator = torch.Generator(device=device).manual_seed(seed)  # same data order on all ranks
