@@ -46,9 +46,12 @@ def test_pair_trains_and_scores_or_refuses(model_name, guide_name, tiny):
     result = pg.fit(model, guide, tiny, epochs=1, batch_size=16, objective=objective, progress=False)
     assert result.epochs_run == 1 and math.isfinite(result.history[-1]["val_elbo"])
     if not getattr(model, "has_log_likelihood", True):
-        # an improper prior (the plain autoencoder): log p(x) is undefined, the score is refused
+        # an improper prior (the plain autoencoder): log p(x) is undefined, so the estimator
+        # refuses it and score() reports NaN with the reconstruction ELBO
         with pytest.raises(pg.ConfigError, match="improper prior"):
-            score(model, guide, tiny.test, num_samples=4, seed=0)
+            pg.log_likelihood(model, guide, tiny.test, 4)
+        ll, proposal = score(model, guide, tiny.test, num_samples=4, seed=0)
+        assert proposal == "none" and torch.isnan(ll.per_point).all() and torch.isfinite(ll.elbo).all()
         return
     ll, proposal = score(model, guide, tiny.test, num_samples=4, seed=0)
     assert ll.per_point.shape == (tiny.test.shape[0],)
