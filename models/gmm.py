@@ -73,16 +73,17 @@ class GaussianMixture(GenerativeModel):
             return normal
         return dist.TransformedDistribution(normal, ReshapeTransform(normal.event_shape, self.data_shape))
 
-    def _log_joint(self, x: Tensor) -> Tensor:
-        """log pi_k + log N(x; mu_k, Sigma_k), shape ``(N, C)``."""
-        components = dist.MultivariateNormal(self.means, scale_tril=self.scale_tril)
-        log_weights = torch.log_softmax(self.mixture_logits, dim=-1)
-        return log_weights + components.log_prob(x.reshape(x.shape[0], 1, -1))
+    def _log_joint(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """log pi_k + log N(x; mu_k, Sigma_k), shape ``(N, C)``, in ``dtype`` (default: the model's)."""
+        dtype = dtype or self.means.dtype
+        components = dist.MultivariateNormal(self.means.to(dtype), scale_tril=self.scale_tril.to(dtype))
+        log_weights = torch.log_softmax(self.mixture_logits.to(dtype), dim=-1)
+        return log_weights + components.log_prob(x.reshape(x.shape[0], 1, -1).to(dtype))
 
     def exact_log_likelihood(self, x: Tensor) -> Tensor:
-        """Exact log p(x) for each point, shape ``(N,)``."""
+        """Exact log p(x) for each point, shape ``(N,)``, computed in float64, in the model's dtype."""
         self.validate_data(x)
-        return torch.logsumexp(self._log_joint(x), dim=-1)
+        return torch.logsumexp(self._log_joint(x, torch.float64), dim=-1).to(self.means.dtype)
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor, seed: int = 0, reg_covar: float = 1e-6) -> GaussianMixture:

@@ -106,8 +106,8 @@ def fits(ppca_fit, fa_fit, gmm_fit):
 
 @pytest.mark.parametrize("name", ["ppca", "factor_analysis", "gmm"])
 def test_exact_posterior_makes_the_estimate_exact_for_every_k(fits, name):
-    """With q = p(z|x) every weight is p(x): the estimate is exact for K = 1, 10, 1000. The
-    1e-4 nats tolerance is float32 round-off on sums of terms of magnitude ~10-100."""
+    """With q = p(z|x) every weight is p(x): the estimate is exact for K = 1, 10, 1000, to 1e-4
+    nats per point (float32 round-off on sums of terms of magnitude ~10-100 is ~1e-5)."""
     data, model, _ = fits[name]
     x = data.test[:300]
     guide = pg.create_guide("exact_posterior", model)
@@ -118,10 +118,13 @@ def test_exact_posterior_makes_the_estimate_exact_for_every_k(fits, name):
         assert float((ll.elbo - truth).abs().max()) < 1e-4, "constant weights: ELBO = log p(x)"
 
 
-def test_exact_posterior_in_float64_on_a_20_dim_latent_model():
-    """The same identity for q = 20 latent dimensions, scored in float64 end to end."""
-    model = linear_truth("factor_analysis", 25, 20, seed=3).double()
+def test_exact_posterior_on_a_20_dim_latent_model_in_float32_and_float64():
+    """The same identity for q = 20 latent dimensions; and end to end in float64."""
+    model = linear_truth("factor_analysis", 25, 20, seed=3)
     x = pg.sample(model, 100, seed=4)
+    ll = pg.log_likelihood(model, pg.create_guide("exact_posterior", model), x, 100, seed=0)
+    assert float((ll.per_point - exact(model, x)).abs().max()) < 1e-4
+    model, x = model.double(), x.double()
     ll = pg.log_likelihood(model, pg.create_guide("exact_posterior", model), x, 100, seed=0)
     assert ll.per_point.dtype == torch.float64
     assert float((ll.per_point - exact(model, x)).abs().max()) < 1e-8
