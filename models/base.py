@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import pyro
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 from pyro_genmod.errors import DataError
 from pyro_genmod.latents import LatentSite
 
-__all__ = ["GenerativeModel", "takes_labels", "with_labels", "training_labels"]
+__all__ = ["GenerativeModel", "LabelFeed", "takes_labels", "with_labels", "training_labels"]
 
 
 class GenerativeModel(nn.Module):
@@ -111,16 +110,35 @@ def takes_labels(fn) -> bool:
         return False
 
 
-def with_labels(fn, y: Tensor | None):
-    """``fn`` with ``y=y`` bound when it takes labels (see :func:`takes_labels`), else ``fn``.
+class LabelFeed:
+    """The labels of the current minibatch, passed as ``y`` by the callables :meth:`bind` makes.
 
-    The bound callable keeps ``max_plate_nesting``, which objectives read from the model.
+    One feed per fit: the bound model and guide keep their identity across steps, and each step
+    sets :attr:`y`. Rows of ``y`` follow rows of ``x``: a call on the first k rows of the
+    batch gets the first k labels.
     """
-    if y is None or not takes_labels(fn):
-        return fn
-    bound = functools.partial(fn, y=y)
-    bound.max_plate_nesting = getattr(fn, "max_plate_nesting", 1)
-    return bound
+
+    def __init__(self, y: Tensor | None = None):
+        self.y = y
+
+    def bind(self, fn):
+        """``fn`` taking its labels from this feed if it takes labels (:func:`takes_labels`), else ``fn``."""
+        return _Labelled(fn, self) if takes_labels(fn) else fn
+
+
+class _Labelled:
+    def __init__(self, fn, feed: LabelFeed):
+        self.fn, self.feed = fn, feed
+        self.max_plate_nesting = getattr(fn, "max_plate_nesting", 1)  # objectives read it
+
+    def __call__(self, x: Tensor, *args, **kwargs):
+        y = self.feed.y
+        return self.fn(x, *args, y=None if y is None else y[: x.shape[0]], **kwargs)
+
+
+def with_labels(fn, y: Tensor | None):
+    """``fn`` with ``y`` bound when it takes labels (see :func:`takes_labels`), else ``fn``."""
+    return LabelFeed(y).bind(fn) if y is not None else fn
 
 
 def training_labels(model, data) -> Tensor | None:

@@ -18,7 +18,7 @@ from .checkpoint import Checkpointer
 from .distributed import DataParallel
 from .errors import ConfigError, DataError, TrainingDiverged
 from .latents import check_pair
-from .models.base import training_labels, with_labels
+from .models.base import LabelFeed, training_labels
 from .objectives import get_objective
 
 __all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int"]
@@ -179,6 +179,8 @@ def fit(
     schedule = KLSchedule.per_epoch(beta, kl_warmup, free_bits, steps_per_epoch)
     labels = training_labels(model, data)
     labels = labels.to(device) if labels is not None else None
+    feed = LabelFeed()
+    model_fn, guide_fn = (feed.bind(model), feed.bind(guide)) if labels is not None else (model, guide)
     last_good = _snapshot(model, guide)
     best = (-math.inf, last_good)
     saver = Checkpointer(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
@@ -220,12 +222,10 @@ def fit(
                 batch = data.training_batch(train[index], generator)
                 if ddp:  # binarize the global batch, so the draws match one process, then shard
                     batch = ddp.shard(batch)
-                y = labels[index] if labels is not None else None
-                if ddp and y is not None:
-                    y = ddp.shard(y)
+                if labels is not None:
+                    feed.y = ddp.shard(labels[index]) if ddp else labels[index]
                 differentiable, value = schedule(
-                    loss_fn, with_labels(model, y), with_labels(guide, y), batch,
-                    step=(epoch - 1) * steps_per_epoch + step,
+                    loss_fn, model_fn, guide_fn, batch, step=(epoch - 1) * steps_per_epoch + step
                 )
                 if ddp:
                     value = ddp.sum(value)
