@@ -61,4 +61,7 @@ class CategoricalGuide(Guide):
 
     def posterior(self, x: Tensor) -> dict[str, dist.Distribution]:
         chunks = self.variational_parameters(x).split(self.sizes, dim=-1)
-        return {site.name: dist.Categorical(logits=logits) for site, logits in zip(self.latent_sites, chunks)}
+        return {
+            site.name: dist.Categorical(logits=logits)
+            for site, logits in zip(self.latent_sites, chunks)
+        }

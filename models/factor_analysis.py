@@ -71,7 +71,8 @@ class FactorAnalysis(GenerativeModel):
         return dist.Normal(mean.reshape(shape), scale.reshape(shape)).to_event(len(self.data_shape))
 
     def marginal(self, dtype: torch.dtype | None = None) -> dist.LowRankMultivariateNormal:
-        """p(x) = N(mu, W W^T + Psi) over the flattened data, in ``dtype`` (default: the model's)."""
+        """p(x) = N(mu, W W^T + Psi) over the flattened data, in ``dtype`` (default: the model's
+        dtype)."""
         dtype = dtype or self.loc.dtype
         return dist.LowRankMultivariateNormal(
             self.loc.to(dtype), self.weight.to(dtype), self.noise_variance.to(dtype)
@@ -96,7 +97,8 @@ class FactorAnalysis(GenerativeModel):
         dtype = self.weight.dtype
         weight, variance = self.weight.double(), self.noise_variance.double()
         scaled = weight / variance.unsqueeze(-1)  # Psi^-1 W
-        precision = torch.eye(self.latent_dim, dtype=torch.float64, device=x.device) + weight.T @ scaled
+        eye = torch.eye(self.latent_dim, dtype=torch.float64, device=x.device)
+        precision = eye + weight.T @ scaled
         covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
         centred = x.reshape(x.shape[0], -1).double() - self.loc.double()
         mean = centred @ scaled @ covariance

@@ -43,10 +43,13 @@ class GaussianMixture(GenerativeModel):
     Arguments:
         data_shape: shape of one data point.
         num_components: C, the number of mixture components.
-        init_scale: standard deviation of the random initial means (covariances start at I).
+        init_scale: standard deviation of the random initial means (covariances start at I);
+            :meth:`init_from_data` starts from a k-means clustering instead, as EM does.
     """
 
-    def __init__(self, data_shape: tuple[int, ...], num_components: int = 3, init_scale: float = 1.0):
+    def __init__(
+        self, data_shape: tuple[int, ...], num_components: int = 3, init_scale: float = 1.0
+    ):
         super().__init__(data_shape)
         if int(num_components) <= 0:
             raise ValueError(f"num_components must be positive, got {num_components}")
@@ -71,17 +74,21 @@ class GaussianMixture(GenerativeModel):
         normal = dist.MultivariateNormal(self.means[k], scale_tril=self.scale_tril[k])
         if len(self.data_shape) == 1:
             return normal
-        return dist.TransformedDistribution(normal, ReshapeTransform(normal.event_shape, self.data_shape))
+        reshape = ReshapeTransform(normal.event_shape, self.data_shape)
+        return dist.TransformedDistribution(normal, reshape)
 
     def _log_joint(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """log pi_k + log N(x; mu_k, Sigma_k), shape ``(N, C)``, in ``dtype`` (default: the model's)."""
+        """log pi_k + log N(x; mu_k, Sigma_k), shape ``(N, C)``, in ``dtype`` (default: the
+        model's)."""
         dtype = dtype or self.means.dtype
-        components = dist.MultivariateNormal(self.means.to(dtype), scale_tril=self.scale_tril.to(dtype))
+        scale_tril = self.scale_tril.to(dtype)
+        components = dist.MultivariateNormal(self.means.to(dtype), scale_tril=scale_tril)
         log_weights = torch.log_softmax(self.mixture_logits.to(dtype), dim=-1)
         return log_weights + components.log_prob(x.reshape(x.shape[0], 1, -1).to(dtype))
 
     def exact_log_likelihood(self, x: Tensor) -> Tensor:
-        """Exact log p(x) for each point, shape ``(N,)``, computed in float64, in the model's dtype."""
+        """Exact log p(x) for each point, shape ``(N,)``: computed in float64, returned in the
+        model's dtype."""
         self.validate_data(x)
         return torch.logsumexp(self._log_joint(x, torch.float64), dim=-1).to(self.means.dtype)
 
@@ -101,18 +108,21 @@ class GaussianMixture(GenerativeModel):
         from sklearn.cluster import KMeans
 
         self.validate_data(x)
-        flat = x.reshape(x.shape[0], -1).double()
-        labels = KMeans(self.num_components, n_init=1, random_state=seed).fit(flat.cpu().numpy()).labels_
-        resp = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.long), self.num_components).double()
+        flat = x.reshape(x.shape[0], -1).double().cpu()
+        kmeans = KMeans(self.num_components, n_init=1, random_state=seed).fit(flat.numpy())
+        labels = torch.as_tensor(kmeans.labels_, dtype=torch.long)
+        resp = torch.nn.functional.one_hot(labels, self.num_components).double()
         counts = resp.sum(dim=0) + 1e-10
         means = resp.T @ flat / counts.unsqueeze(-1)
         centred = flat.unsqueeze(0) - means.unsqueeze(1)  # (C, N, D)
-        covariances = torch.einsum("nc,cnd,cne->cde", resp, centred, centred) / counts.reshape(-1, 1, 1)
+        scatter = torch.einsum("nc,cnd,cne->cde", resp, centred, centred)
+        covariances = scatter / counts.reshape(-1, 1, 1)
         covariances = covariances + reg_covar * torch.eye(flat.shape[1], dtype=flat.dtype)
         tril = torch.linalg.cholesky(covariances)
         self.mixture_logits.copy_((counts / counts.sum()).log().to(self.mixture_logits))
         self.means.copy_(means.to(self.means))
-        self.raw_scale_tril.copy_(transform_to(constraints.lower_cholesky).inv(tril).to(self.raw_scale_tril))
+        raw = transform_to(constraints.lower_cholesky).inv(tril)
+        self.raw_scale_tril.copy_(raw.to(self.raw_scale_tril))
         return self
 
     def exact_posterior(self, x: Tensor) -> dict[str, dist.Distribution]:

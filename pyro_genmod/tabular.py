@@ -20,7 +20,10 @@ __all__ = ["sklearn_tabular", "sampled_dataset"]
 def _standardized(data: Dataset) -> Dataset:
     mean, std = data.train.mean(dim=0), data.train.std(dim=0).clamp_min(1e-6)
     return dataclasses.replace(
-        data, train=(data.train - mean) / std, val=(data.val - mean) / std, test=(data.test - mean) / std
+        data,
+        train=(data.train - mean) / std,
+        val=(data.val - mean) / std,
+        test=(data.test - mean) / std,
     )
 
 
@@ -30,7 +33,8 @@ def sklearn_tabular(name: str, loader, num_val: int, num_test: int, seed: int) -
     x = torch.as_tensor(bunch.data, dtype=torch.float32)
     y = torch.as_tensor(bunch.target)
     data = split_and_binarize(
-        name, x, y, num_val=num_val, num_test=num_test, binarize=False, seed=seed, options={"seed": seed}
+        name, x, y, num_val=num_val, num_test=num_test, binarize=False, seed=seed,
+        options={"seed": seed},
     )
     return _standardized(data)
 
