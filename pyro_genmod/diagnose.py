@@ -128,7 +128,13 @@ class Diagnosis:
             "",
         ]
         lines += [f"- WARNING: {w}" for w in self.warnings] or ["- NUTS converged: R-hat <= 1.01 and ESS >= 100 per chain everywhere."]
-        lines += ["", "## Per point", "", _markdown(self.points), ""]
+        lines += [
+            "", "## Per point", "", _markdown(self.points), "",
+            "khat: PSIS k-hat of the point's importance weights; kl_q_p = log p(x) - ELBO, an estimate "
+            "of KL(q || p(z|x)); errors are guide minus NUTS, averaged over latent coordinates; w1: "
+            "1-Wasserstein distance between the guide's and NUTS's marginals.",
+            "",
+        ]
         worst = self.table.reindex(
             self.table["mean_error"].abs().div(self.table["ref_sd"]).sort_values(ascending=False).index
         ).head(max_rows)
@@ -144,7 +150,7 @@ class Diagnosis:
 def _markdown(frame) -> str:
     def cell(v) -> str:
         if isinstance(v, (float, np.floating)):
-            return "n/a" if not math.isfinite(v) else f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+            return "n/a" if not math.isfinite(v) else f"{v:.4g}" if abs(v) < 100 else f"{v:.0f}"
         return str(v)
 
     header = "| " + " | ".join(frame.columns) + " |"
@@ -246,8 +252,6 @@ def diagnose(
             the PNG plots into.
         progress: show NUTS progress bars.
     """
-    from scipy.stats import wasserstein_distance
-
     for name, value in (
         ("num_chains", num_chains), ("num_warmup", num_warmup), ("num_draws", num_draws),
         ("num_guide_samples", num_guide_samples), ("num_importance", num_importance),
@@ -288,56 +292,17 @@ def diagnose(
     )
 
     summary, arrays = diagnostics.posterior_summary(reference, var_names=[s.name for s in sites])
-
-    def metric(name: str) -> np.ndarray:
-        return np.concatenate([arrays[s.name].sel(metric=name).values.reshape(n, s.size) for s in sites], axis=-1)
-
     ref_flat = _flatten({k: v.values for k, v in reference.posterior.data_vars.items()}, sites, n)
-    labels = _coordinate_labels(sites)
-    import pandas as pd
-
-    w1 = np.array([[wasserstein_distance(ref_flat[:, i, d], flat_guide[:, i, d]) for d in range(len(labels))] for i in range(n)])
-    ref_mean, ref_sd = ref_flat.mean(0), ref_flat.std(0, ddof=1)
-    q_mean, q_sd = flat_guide.mean(0), flat_guide.std(0, ddof=1)
-    ess_bulk, ess_tail, rhat = metric("ess_bulk"), metric("ess_tail"), metric("r_hat")
-    table = pd.DataFrame(
-        {
-            "point": np.repeat(points, len(labels)),
-            "latent": labels * n,
-            "ref_mean": ref_mean.ravel(),
-            "ref_sd": ref_sd.ravel(),
-            "guide_mean": q_mean.ravel(),
-            "guide_sd": q_sd.ravel(),
-            "mean_error": (q_mean - ref_mean).ravel(),
-            "sd_error": (q_sd - ref_sd).ravel(),
-            "mcse_mean": metric("mcse_mean").ravel(),
-            "mcse_sd": metric("mcse_sd").ravel(),
-            "ess_bulk": ess_bulk.ravel(),
-            "ess_tail": ess_tail.ravel(),
-            "r_hat": rhat.ravel(),
-            "w1": w1.ravel(),
-        }
-    )
+    table, per_point = _compare(ref_flat, flat_guide, arrays, sites, points)
     density = not getattr(guide, "is_point_estimate", False)
     khat = np.asarray(ll.khat, dtype=np.float64)
-    per_point = pd.DataFrame(
-        {
-            "point": points,
-            "khat": khat,
-            "reading": [diagnostics.khat_reading(k) for k in khat],
-            "log_px": ll.per_point.numpy().astype(np.float64),
-            "elbo": ll.elbo.numpy().astype(np.float64) if density else np.nan,
-            "kl_q_p": (ll.per_point - ll.elbo).numpy().astype(np.float64) if density else np.nan,
-            "mean_abs_mean_error": np.abs(q_mean - ref_mean).mean(-1),
-            "mean_abs_sd_error": np.abs(q_sd - ref_sd).mean(-1),
-            "mean_w1": w1.mean(-1),
-            "max_r_hat": rhat.max(-1),
-            "min_ess_bulk": ess_bulk.min(-1),
-            "min_ess_tail": ess_tail.min(-1),
-        }
-    )
+    per_point.insert(1, "khat", khat)
+    per_point.insert(2, "reading", [diagnostics.khat_reading(k) for k in khat])
+    per_point.insert(3, "log_px", ll.per_point.numpy().astype(np.float64))
+    per_point.insert(4, "elbo", ll.elbo.numpy().astype(np.float64) if density else np.nan)
+    per_point.insert(5, "kl_q_p", (ll.per_point - ll.elbo).numpy().astype(np.float64) if density else np.nan)
 
-    found = _convergence_warnings(rhat, ess_bulk, ess_tail, labels, points, num_chains, runs)
+    found = _convergence_warnings(table, num_chains, runs)
     for message in found:
         warnings.warn(f"diagnose: {message}", RuntimeWarning, stacklevel=2)
     settings = {
@@ -349,23 +314,62 @@ def diagnose(
     }
     result = Diagnosis(reference, guide_idata, summary, table, per_point, found, settings)
     if out is not None:
+        ref_sd = table["ref_sd"].to_numpy().reshape(n, -1)
         result.files = _write(result, Path(out), model, guide_draws, x_points, sites, dims, pair, ref_sd, num_reconstructions)
     return result
 
 
-def _convergence_warnings(rhat, ess_bulk, ess_tail, labels, points, num_chains, runs) -> list[str]:
+def _compare(ref: np.ndarray, guide: np.ndarray, arrays, sites, points: list[int]):
+    """Per-coordinate and per-point tables of guide draws ``(S, N, D)`` against NUTS draws."""
+    import pandas as pd
+    from scipy.stats import wasserstein_distance
+
+    n, labels = len(points), _coordinate_labels(sites)
+
+    def metric(name: str) -> np.ndarray:
+        return np.concatenate([arrays[s.name].sel(metric=name).values.reshape(n, s.size) for s in sites], axis=-1)
+
+    w1 = np.array([[wasserstein_distance(ref[:, i, d], guide[:, i, d]) for d in range(len(labels))] for i in range(n)])
+    ref_mean, ref_sd = ref.mean(0), ref.std(0, ddof=1)
+    q_mean, q_sd = guide.mean(0), guide.std(0, ddof=1)
+    ess_bulk, ess_tail, rhat = metric("ess_bulk"), metric("ess_tail"), metric("r_hat")
+    columns = {
+        "ref_mean": ref_mean, "ref_sd": ref_sd, "guide_mean": q_mean, "guide_sd": q_sd,
+        "mean_error": q_mean - ref_mean, "sd_error": q_sd - ref_sd, "mcse_mean": metric("mcse_mean"),
+        "mcse_sd": metric("mcse_sd"), "ess_bulk": ess_bulk, "ess_tail": ess_tail, "r_hat": rhat, "w1": w1,
+    }
+    table = pd.DataFrame(
+        {"point": np.repeat(points, len(labels)), "latent": labels * n, **{k: v.ravel() for k, v in columns.items()}}
+    )
+    per_point = pd.DataFrame(
+        {
+            "point": points,
+            "mean_abs_mean_error": np.abs(q_mean - ref_mean).mean(-1),
+            "mean_abs_sd_error": np.abs(q_sd - ref_sd).mean(-1),
+            "mean_w1": w1.mean(-1),
+            "max_r_hat": rhat.max(-1),
+            "min_ess_bulk": ess_bulk.min(-1),
+            "min_ess_tail": ess_tail.min(-1),
+        }
+    )
+    return table, per_point
+
+
+def _convergence_warnings(table, num_chains: int, runs) -> list[str]:
     found = []
-    flat = [(points[i], labels[d]) for i in range(len(points)) for d in range(len(labels))]
-    bad = np.flatnonzero(~(rhat.ravel() <= RHAT_LIMIT))
-    if bad.size:
-        worst = int(bad[np.nanargmax(rhat.ravel()[bad])]) if np.isfinite(rhat.ravel()[bad]).any() else int(bad[0])
+    rhat = table["r_hat"].to_numpy()
+    if num_chains < 2:
+        found.append("R-hat needs at least 2 chains (4 recommended); it was not checked")
+    elif (bad := np.flatnonzero(~(rhat <= RHAT_LIMIT))).size:
+        worst = int(bad[np.argmax(np.nan_to_num(rhat[bad], nan=np.inf))])
         found.append(
-            f"R-hat > {RHAT_LIMIT} for {bad.size} of {rhat.size} coordinates (worst {rhat.ravel()[worst]:.3f} at "
-            f"point {flat[worst][0]}, {flat[worst][1]}); run longer chains (--draws, --warmup)"
+            f"R-hat > {RHAT_LIMIT} for {bad.size} of {rhat.size} coordinates (worst {rhat[worst]:.3f} at "
+            f"point {table['point'].iloc[worst]}, {table['latent'].iloc[worst]}); run longer chains (--draws, --warmup)"
         )
     low = ESS_PER_CHAIN * num_chains
-    for name, ess in (("bulk", ess_bulk), ("tail", ess_tail)):
-        few = np.flatnonzero(~(ess.ravel() >= low))
+    for name in ("bulk", "tail"):
+        ess = table[f"ess_{name}"].to_numpy()
+        few = np.flatnonzero(~(ess >= low))
         if few.size:
             found.append(f"ESS {name} < {low} for {few.size} of {ess.size} coordinates (lowest {np.nanmin(ess):.0f}); run longer chains")
     divergent = sum(len(v) for run in runs for v in run.diagnostics()["divergences"].values())
