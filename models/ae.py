@@ -40,7 +40,8 @@ class FlatCode(TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         shape = self._extended_shape(sample_shape)
-        return self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        noise = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc.expand(shape) + self.scale.expand(shape) * noise
 
     def log_prob(self, value: Tensor) -> Tensor:
         return value.new_zeros(torch.broadcast_shapes(value.shape[:-1], self.batch_shape))

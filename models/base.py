@@ -131,9 +131,11 @@ class _Labelled:
         self.fn, self.feed = fn, feed
         self.max_plate_nesting = getattr(fn, "max_plate_nesting", 1)  # objectives read it
 
-    def __call__(self, x: Tensor, *args, **kwargs):
+    def forward(self, x: Tensor, *args, **kwargs):
         y = self.feed.y
         return self.fn(x, *args, y=None if y is None else y[: x.shape[0]], **kwargs)
+
+    __call__ = forward
 
 
 def with_labels(fn, y: Tensor | None):

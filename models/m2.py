@@ -92,7 +92,8 @@ class M2(GenerativeModel):
         )
         self.observation = create_likelihood(likelihood, self.data_shape, scale=scale, num_levels=num_levels)
         self.classifier = mlp(prod(self.data_shape), hidden, self.num_classes, activation)
-        self.decoder = make_decoder(decoder, self.latent_dim + self.num_classes, self.observation, hidden, activation, channels)
+        inputs = self.latent_dim + self.num_classes
+        self.decoder = make_decoder(decoder, inputs, self.observation, hidden, activation, channels)
         self.register_buffer("label_logits", torch.zeros(self.num_classes))  # uniform p(y)
 
     def classify(self, x: Tensor) -> Tensor:
@@ -188,7 +189,8 @@ def hide_labels(data, num_labels: int, seed: int = 0):
     if data.train_labels is None:
         raise ConfigError(f"dataset '{data.name}' has no labels to hide")
     classes = torch.unique(data.train_labels)
-    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < len(classes) or num_labels % len(classes):
+    valid = isinstance(num_labels, int) and not isinstance(num_labels, bool) and num_labels >= len(classes)
+    if not valid or num_labels % len(classes):
         raise ConfigError(
             f"num_labels must be a positive multiple of the {len(classes)} classes (equal labels "
             f"per class), got {num_labels!r}"

@@ -129,6 +129,9 @@ class KLSchedule:
                 f"objective '{name}' does not use site weights, so use trace_elbo, "
                 f"tracemeanfield_elbo, traceenum_elbo or tracegraph_elbo"
             )
+        # A fast path that computes log q outside Pyro's handler stack would miss the weights.
+        if getattr(objective, "use_fast", False):
+            objective.use_fast = False
         beta = self.beta_at(step)
         per_site, offset = {}, 0.0
         if self.free_bits > 0:

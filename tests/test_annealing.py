@@ -37,9 +37,17 @@ def pair(digits):
     return model, pg.create_guide("bottom_up", model), digits.test[:32]
 
 
+@pytest.fixture(scope="module")
+def flat_pair(digits):
+    pyro.set_rng_seed(0)
+    model = pg.create_model("vae", digits, latent_dim=3, hidden=(16,))
+    return model, pg.create_guide("mean_field", model), digits.test[:32]
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.25, 1.0, 4.0])
-def test_beta_weights_the_kl_term(pair, beta):
-    model, guide, x = pair
+@pytest.mark.parametrize("which", ["pair", "flat_pair"])  # two latent sites; the plain VAE
+def test_beta_weights_the_kl_term(which, beta, request):
+    model, guide, x = request.getfixturevalue(which)
     recon, kl = split_elbo(model, guide, x, seed=3)
     differentiable, value = scheduled_loss(KLSchedule(beta=beta), model, guide, x, step=0, seed=3)
     # loss = -E[log p(x|z)] + beta KL; float32 sums over 32 points: 1e-3 relative slack.
