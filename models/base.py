@@ -27,10 +27,11 @@ class GenerativeModel(nn.Module):
     tensor of shape ``(N,)`` of class indices, with -1 marking a point whose label is unknown
     where the model allows it. :func:`~pyro_genmod.train.fit` passes ``data.train_labels`` to
     such a model, and to its guide when the guide's ``forward`` has a ``y`` argument
-    (:func:`with_labels`); guides without one see x alone. Scoring and ``evaluate_elbo`` call
+    (:class:`LabelFeed`); guides without one see x alone. Scoring and ``evaluate_elbo`` call
     the model without labels, so a label-using model must also define p(x) on its own
-    (marginalizing y). A model with ``has_log_likelihood = False`` (``ae``, improper prior) has
-    no log p(x) to estimate.
+    (marginalizing y); :func:`~pyro_genmod.tasks.sample` takes ``y`` to draw given classes.
+    A model with ``has_log_likelihood = False`` (``ae``, improper prior) has no log p(x):
+    :func:`~pyro_genmod.importance.log_likelihood` refuses it.
     """
 
     registry_name = "model"
