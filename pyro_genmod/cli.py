@@ -106,7 +106,7 @@ def _check_resume_args(args) -> None:
 
 def cmd_train(args) -> int:
     from .data import load_dataset
-    from .distributed import init_distributed, is_main_process, launched_by_torchrun
+    from .distributed import init_distributed, launched_by_torchrun
     from .experiment import resume_experiment, run_experiment
 
     distributed = args.distributed or (launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1)
@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
             import torch.distributed
 
             torch.distributed.destroy_process_group()
-    if not is_main_process() or (distributed and folder is None):
+    if distributed and folder is None:  # ranks other than 0 write and print nothing
         return 0
     print(f"trained {what}: {result.epochs_run} epochs in {result.train_seconds:.1f} s ({result.stopped_reason})")
     _print_scores(metrics)
