@@ -29,6 +29,14 @@ class ExactPosterior(Guide):
 
     Arguments:
         model: a model that defines ``exact_posterior(x)``.
+
+    Example:
+        >>> import pyro_genmod as pg
+        >>> model = pg.create_model("factor_analysis", (5,), latent_dim=2)
+        >>> x = pg.sample(model, 20, seed=0)
+        >>> ll = pg.log_likelihood(model, pg.create_guide("exact_posterior", model), x, 10)
+        >>> bool((ll.per_point - model.exact_log_likelihood(x)).abs().max() < 1e-4)
+        True
     """
 
     @classmethod

@@ -31,6 +31,13 @@ class PPCA(FactorAnalysis):
         data_shape: shape of one data point.
         latent_dim: q, the number of principal components.
         init_scale: standard deviation of the random initial W.
+
+    Example:
+        >>> import torch, pyro_genmod as pg
+        >>> x = torch.randn(500, 6) @ torch.randn(6, 6)
+        >>> model = pg.create_model("ppca", (6,), latent_dim=2).fit_closed_form(x)
+        >>> model.exact_log_likelihood(x).shape
+        torch.Size([500])
     """
 
     def noise_shape(self, size: int) -> tuple[int, ...]:
