@@ -10,7 +10,8 @@ A config (see ``benchmarks/configs/``)::
     objectives = ["trace_elbo", "iwae:5"]    # "NAME:k" trains with k particles
     seeds = [0]
     [training]      # passed to pyro_genmod.fit: epochs, batch_size, lr, early_stopping, device
-    [evaluation]    # num_samples (IS K), seed, max_points, khat_points, probe_points, kl_samples
+    [evaluation]    # num_samples (IS K), seed, max_points, khat_points, eval_block, probe_points,
+                    # kl_samples
     [datasets.digits]   # options per dataset; [models.vae] and [guides.mean_field] likewise
     [[overrides]]   # match = {objective = "iwae:50"}, then training/evaluation options
     [[published]]   # dataset, model, objective, nll, budget, source: shown beside our rows
@@ -27,6 +28,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -35,14 +37,13 @@ from tqdm.auto import tqdm
 from ._registry import create_guide, create_model
 from .data import Dataset, load_dataset
 from .errors import ConfigError, GenmodError
-from .experiment import score
-from .importance import log_likelihood
+from .importance import LogLikelihood, log_likelihood
 from .runs import atomic_write_text, load_run, prepare_run_folder, save_run
 from .tasks import encode
 from .train import fit
 
 __all__ = [
-    "Cell", "BenchConfig", "load_config", "run_bench", "markdown_table",
+    "Cell", "BenchConfig", "load_config", "run_bench", "markdown_table", "blockwise_log_likelihood",
     "active_units", "kl_per_dimension", "linear_probe_accuracy",
 ]
 
@@ -55,8 +56,8 @@ COLUMNS = [
 _TOP_KEYS = {"name", "title", "notes", "results_dir", "runs_dir", "grid", "training", "evaluation",
              "datasets", "models", "guides", "overrides", "published"}
 _EVAL_DEFAULTS = {
-    "num_samples": 1000, "seed": 0, "max_points": None, "khat_points": None, "probe_points": 10000,
-    "kl_samples": 16,
+    "num_samples": 1000, "seed": 0, "max_points": None, "khat_points": None, "eval_block": 500,
+    "probe_points": 10000, "kl_samples": 16,
 }
 
 
@@ -245,31 +246,65 @@ def _train_or_resume(cell: Cell, config: BenchConfig, data: Dataset, folder: Pat
     return model, guide, result.epochs_run, result.train_seconds
 
 
+def blockwise_log_likelihood(
+    model, proposal, x: torch.Tensor, num_samples: int, *, seed: int, block: int,
+    khat_points: int | None, folder: Path,
+) -> tuple[LogLikelihood, float]:
+    """:func:`log_likelihood` of ``x`` in blocks of ``block`` points, each saved to ``folder`` when
+    done, so a long evaluation (K=5000 on 10,000 images) can run in parts and resume.
+
+    Block ``i`` is drawn with seed ``seed + i``; PSIS k-hat is fitted only on the blocks that
+    start before ``khat_points`` (``None``: all), as it costs ~40% more than the estimate.
+    Returns the estimate and the seconds spent on the blocks (including earlier parts).
+    """
+    if not isinstance(block, int) or block < 1:
+        raise ConfigError(f"eval_block must be a positive integer, got {block!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    parts, seconds = [], 0.0
+    for i, start in enumerate(range(0, x.shape[0], block)):
+        stop = min(start + block, x.shape[0])
+        path = folder / f"points-{start:06d}-{stop:06d}.npz"
+        if not path.is_file():
+            began = time.perf_counter()
+            with_khat = khat_points is None or start < khat_points
+            ll = log_likelihood(model, proposal, x[start:stop], num_samples, seed=seed + i, khat=with_khat)
+            arrays = {"per_point": ll.per_point.numpy(), "elbo": ll.elbo.numpy(), "khat": ll.khat,
+                      "seconds": np.array(time.perf_counter() - began)}
+            tmp = path.with_name(f".{path.stem}.tmp.npz")
+            np.savez(tmp, **arrays)
+            tmp.replace(path)
+        with np.load(path, allow_pickle=False) as saved:
+            parts.append({key: saved[key] for key in ("per_point", "elbo", "khat")})
+            seconds += float(saved["seconds"])
+    joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    ll = LogLikelihood(
+        per_point=torch.from_numpy(joined["per_point"]), elbo=torch.from_numpy(joined["elbo"]),
+        khat=joined["khat"], num_samples=num_samples,
+    )
+    return ll, seconds
+
+
 def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progress: bool = True) -> dict:
     """Train (or reload) one cell, score its test set and compute the representation metrics."""
     model, guide, epochs, train_seconds = _train_or_resume(cell, config, data, folder, progress)
     opts = config.options(cell, "evaluation")
     test = data.test[: opts["max_points"]] if opts["max_points"] else data.test
     labels = data.test_labels[: test.shape[0]] if data.test_labels is not None else None
-    start = time.perf_counter()
-    khat_points = opts["khat_points"]
-    if khat_points is None or khat_points >= test.shape[0]:
-        ll, _ = score(model, guide, test, opts["num_samples"], seed=opts["seed"])
-        khat_summary = ll.summary()
-    else:  # PSIS on every point costs ~40% more than the estimate itself; fit it on a subset
-        khat_ll, _ = score(model, guide, test[:khat_points], opts["num_samples"], seed=opts["seed"])
-        khat_summary = khat_ll.summary()
-        proposal = create_guide("prior", model) if getattr(guide, "is_point_estimate", False) else guide
-        ll = log_likelihood(model, proposal, test, opts["num_samples"], seed=opts["seed"], khat=False)
-    eval_seconds = time.perf_counter() - start
+    proposal = create_guide("prior", model) if getattr(guide, "is_point_estimate", False) else guide
+    K, seed, block = opts["num_samples"], opts["seed"], opts["eval_block"]
+    ll, eval_seconds = blockwise_log_likelihood(
+        model, proposal, test, K, seed=seed, block=block, khat_points=opts["khat_points"],
+        folder=folder / f"eval-K{K}-seed{seed}-block{block}",
+    )
     summary = ll.summary()
+    khat = ll.khat[np.isfinite(ll.khat)]
     means = encode(guide, test)
     row = {
         "epochs": epochs, "train_seconds": train_seconds, "eval_K": opts["num_samples"],
         "eval_points": test.shape[0], "eval_seconds": eval_seconds, "test_elbo": summary["elbo"],
         "is_nll": -summary["log_likelihood"], "is_nll_stderr": summary["log_likelihood_stderr"],
-        "khat_mean": khat_summary["khat_mean"], "khat_above_0.7": khat_summary["khat_above_0.7"],
-        "khat_points": khat_summary["num_points"],
+        "khat_mean": float(khat.mean()) if khat.size else None,
+        "khat_above_0.7": float((khat > 0.7).mean()) if khat.size else None, "khat_points": khat.size,
         "active_units": active_units(means), "latent_dims": means.shape[1],
     }
     if not getattr(guide, "is_point_estimate", False):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +32,7 @@ batch_size = 512
 num_samples = 30
 max_points = 100
 khat_points = 50
+eval_block = 25
 probe_points = 300
 kl_samples = 4
 [models.vae]
@@ -196,3 +198,26 @@ def test_processes_sharing_a_grid_merge_their_rows(tmp_path):
     assert main(["bench", str(config), "--quiet", "--only", "/trace_elbo-"]) == 0
     rows = read_csv(tmp_path / "results" / "tiny.csv")
     assert [r["objective"] for r in rows] == ["trace_elbo", "iwae"]  # grid order, both kept
+
+
+def test_blockwise_evaluation_resumes_from_saved_blocks(tmp_path, monkeypatch):
+    data = pg.load_dataset("digits")
+    model = pg.create_model("vae", data, latent_dim=2, hidden=[8])
+    guide = pg.create_guide("mean_field", model, hidden=[8])
+    x = data.test[:100]
+    options = dict(seed=3, block=40, khat_points=40, folder=tmp_path / "eval")
+    first, _ = bench.blockwise_log_likelihood(model, guide, x, 30, **options)
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
+        "points-000000-000040.npz", "points-000040-000080.npz", "points-000080-000100.npz"
+    ]
+    assert np.isfinite(first.khat[:40]).all() and np.isnan(first.khat[40:]).all()
+    # Block i uses seed + i, so a block scored on its own matches the saved one.
+    alone = pg.log_likelihood(model, guide, x[40:80], 30, seed=4, khat=False)
+    assert torch.allclose(alone.per_point, first.per_point[40:80])
+    (tmp_path / "eval" / "points-000080-000100.npz").unlink()
+    calls = []
+    real = bench.log_likelihood
+    monkeypatch.setattr(bench, "log_likelihood", lambda *a, **k: calls.append(a[2].shape[0]) or real(*a, **k))
+    again, _ = bench.blockwise_log_likelihood(model, guide, x, 30, **options)
+    assert calls == [20]  # only the missing block was scored again
+    assert torch.equal(again.per_point, first.per_point)
