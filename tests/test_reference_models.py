@@ -55,28 +55,29 @@ def fit_two_stage(model, guide, data, epochs: int, lr: float, **options):
     pg.fit(model, guide, data, epochs=epochs // 2, lr=lr / 10, progress=False, seed=1, **options)
 
 
-@pytest.fixture(scope="module")
-def ppca_fit():
-    """PPCA (D=10, q=3) data from known parameters; SVI (Trace_ELBO, linear mean-field encoder,
-    which contains the exact posterior of an ML solution) and the closed-form ML solution."""
-    data = sampled_dataset(linear_truth("ppca", 10, 3, seed=0), **SIZES, seed=1)
+def svi_linear(name: str):
+    """Data (D=10, q=3) from known parameters, and the model fit to it by SVI (Trace_ELBO) with a
+    linear mean-field encoder, which contains the exact posterior of an ML solution."""
+    data = sampled_dataset(linear_truth(name, 10, 3, seed=0), **SIZES, seed=1)
     pyro.set_rng_seed(0)
-    model = pg.create_model("ppca", data, latent_dim=3)
+    model = pg.create_model(name, data, latent_dim=3)
     guide = pg.create_guide("mean_field", model, hidden=())
     fit_two_stage(model, guide, data, epochs=40, lr=0.03, batch_size=500)
+    return data, model, guide
+
+
+@pytest.fixture(scope="module")
+def ppca_fit():
+    """PPCA by SVI, and the closed-form ML solution on the same training set."""
+    data, model, guide = svi_linear("ppca")
     closed_form = pg.create_model("ppca", data, latent_dim=3).fit_closed_form(data.train)
     return data, model, guide, closed_form
 
 
 @pytest.fixture(scope="module")
 def fa_fit():
-    """Factor analysis (D=10, q=3, unequal noise) from known parameters, trained by SVI."""
-    data = sampled_dataset(linear_truth("factor_analysis", 10, 3, seed=0), **SIZES, seed=1)
-    pyro.set_rng_seed(0)
-    model = pg.create_model("factor_analysis", data, latent_dim=3)
-    guide = pg.create_guide("mean_field", model, hidden=())
-    fit_two_stage(model, guide, data, epochs=40, lr=0.03, batch_size=500)
-    return data, model, guide
+    """Factor analysis (unequal noise variances) by SVI."""
+    return svi_linear("factor_analysis")
 
 
 @pytest.fixture(scope="module")
