@@ -126,7 +126,7 @@ def log_likelihood(
     x: Tensor,
     num_samples: int = 1000,
     *,
-    max_rows: int = 65536,
+    max_rows: int = 32768,
     seed: int | None = None,
     khat: bool = True,
 ) -> LogLikelihood:

@@ -17,6 +17,7 @@ from .annealing import KLSchedule
 from .checkpoint import Checkpointer
 from .distributed import DataParallel
 from .errors import ConfigError, DataError, TrainingDiverged
+from .fast import fused_adam
 from .latents import check_pair
 from .models.base import LabelFeed, training_labels
 from .objectives import get_objective
@@ -165,7 +166,7 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(seed)  # same data order on all ranks
     if ddp:
         ddp.broadcast_parameters((model, guide))
-    optimizer = torch.optim.Adam(parameters(model, guide), lr=lr)
+    optimizer = fused_adam(parameters(model, guide), lr=lr)
     options = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
         num_particles=num_particles, early_stopping=early_stopping,

@@ -150,3 +150,22 @@ def test_fast_scorer_equals_traced_scorer(guide_name, k):
     assert mine.shape == reference.shape == (k, 9)
     torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
 
+
+
+def test_fused_adam_takes_the_same_steps_as_adam():
+    """``fit``'s optimizer: the fused kernel computes Adam's update (to float32 rounding)."""
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(3)]
+    runs = []
+    for make in (fast.fused_adam, lambda p, lr: torch.optim.Adam(p, lr=lr)):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        optimizer = make(params, 0.01)
+        for step in range(5):
+            optimizer.zero_grad()
+            sum(((p - step) ** 2).sum() for p in params).backward()
+            optimizer.step()
+        runs.append(params)
+    assert runs[0][0].grad is not None
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert not torch.equal(a.detach(), start[0] if a.shape == start[0].shape else start[1])
