@@ -127,7 +127,8 @@ class Diagnosis:
             f"k-hat and log p(x) from K={s['num_importance']} importance samples (proposal: {s['proposal']}).",
             "",
         ]
-        lines += [f"- WARNING: {w}" for w in self.warnings] or ["- NUTS converged: R-hat <= 1.01 and ESS >= 100 per chain everywhere."]
+        converged = "- NUTS converged: R-hat <= 1.01 and ESS >= 100 per chain everywhere."
+        lines += [f"- WARNING: {w}" for w in self.warnings] or [converged]
         lines += [
             "", "## Per point", "", _markdown(self.points), "",
             "khat: PSIS k-hat of the point's importance weights; kl_q_p = log p(x) - ELBO, an estimate "
@@ -162,7 +163,8 @@ def _markdown(frame) -> str:
 def _reconstructions(model, guide_draws: dict[str, np.ndarray], count: int) -> Tensor:
     """E[x | z] (or a draw of x) for the first ``count`` guide draws, shape ``(count, N, *shape)``."""
     param = next(model.parameters(), None)
-    latents = {k: torch.as_tensor(v[:count]).to(param.device if param is not None else "cpu") for k, v in guide_draws.items()}
+    device = param.device if param is not None else "cpu"
+    latents = {k: torch.as_tensor(v[:count]).to(device) for k, v in guide_draws.items()}
     with torch.no_grad():
         likelihood = model.likelihood(latents)
         try:
@@ -192,7 +194,8 @@ def _plot_reconstructions(x: Tensor, recon: Tensor, points, path: Path) -> Path:
         for i, ax in enumerate(axes.flat[:n]):
             ax.plot(x[i].reshape(-1).numpy(), color="k", linewidth=1.5, label="x")
             for j in range(count):
-                ax.plot(recon[j, i].reshape(-1).numpy(), color="C1", alpha=0.5, linewidth=0.8, label="E[x|z], z~q" if j == 0 else None)
+                label = "E[x|z], z~q" if j == 0 else None
+                ax.plot(recon[j, i].reshape(-1).numpy(), color="C1", alpha=0.5, linewidth=0.8, label=label)
             ax.set_title(f"point {points[i]}", fontsize=9)
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
@@ -315,7 +318,9 @@ def diagnose(
     result = Diagnosis(reference, guide_idata, summary, table, per_point, found, settings)
     if out is not None:
         ref_sd = table["ref_sd"].to_numpy().reshape(n, -1)
-        result.files = _write(result, Path(out), model, guide_draws, x_points, sites, dims, pair, ref_sd, num_reconstructions)
+        result.files = _write(
+            result, Path(out), model, guide_draws, x_points, sites, dims, pair, ref_sd, num_reconstructions
+        )
     return result
 
 
@@ -371,7 +376,10 @@ def _convergence_warnings(table, num_chains: int, runs) -> list[str]:
         ess = table[f"ess_{name}"].to_numpy()
         few = np.flatnonzero(~(ess >= low))
         if few.size:
-            found.append(f"ESS {name} < {low} for {few.size} of {ess.size} coordinates (lowest {np.nanmin(ess):.0f}); run longer chains")
+            found.append(
+                f"ESS {name} < {low} for {few.size} of {ess.size} coordinates (lowest "
+                f"{np.nanmin(ess):.0f}); run longer chains"
+            )
     divergent = sum(len(v) for run in runs for v in run.diagnostics()["divergences"].values())
     if divergent:
         found.append(f"{divergent} divergent NUTS transitions after warm-up; the reference may be biased")

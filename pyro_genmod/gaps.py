@@ -164,7 +164,10 @@ class InferenceGaps:
 
     def summary(self) -> dict:
         """Mean and standard error (over points) of each quantity."""
-        out = {"guide": self.guide, "num_points": int(self.log_px.numel()), "num_samples": self.num_samples, "local": self.local}
+        out = {
+            "guide": self.guide, "num_points": int(self.log_px.numel()), "num_samples": self.num_samples,
+            "local": self.local,
+        }
         for name in ("log_px", "elbo_amortized", "elbo_local", "approximation", "amortization", "total"):
             mean, stderr = _mean_stderr(getattr(self, name))
             out[name], out[f"{name}_stderr"] = mean, stderr
@@ -224,7 +227,8 @@ def inference_gaps(
         >>> import pyro_genmod as pg
         >>> data = pg.load_dataset("digits")
         >>> model = pg.create_model("vae", data, latent_dim=2)
-        >>> gaps = pg.inference_gaps(model, pg.create_guide("mean_field", model), data.test[:3], num_samples=100, steps=5)
+        >>> guide = pg.create_guide("mean_field", model)
+        >>> gaps = pg.inference_gaps(model, guide, data.test[:3], num_samples=100, steps=5)
         >>> gaps.approximation.shape
         torch.Size([3])
     """
@@ -241,7 +245,8 @@ def inference_gaps(
     amortized = log_likelihood(model, guide, x, num_samples, max_rows=max_rows, seed=seed, khat=False)
     if _has_local_family(guide):
         params = optimize_local(
-            model, guide, x, steps=steps, lr=lr, num_particles=num_particles, seed=seed, max_rows=max_rows, progress=progress
+            model, guide, x, steps=steps, lr=lr, num_particles=num_particles, seed=seed, max_rows=max_rows,
+            progress=progress,
         )
         chunk = max(1, max_rows // num_samples)
         estimates = [
@@ -262,7 +267,7 @@ def inference_gaps(
         how = "the family has no per-point parameters: local = amortized"
     else:
         raise ConfigError(
-            f"guide '{name}' samples its sites in its own forward(), so its family cannot be fitted per "
-            f"point; the amortization gap needs an AmortizedGuide (variational_parameters/posterior_from)"
+            f"guide '{name}' is not an amortized family sampled from posterior_from(variational_parameters(x)), "
+            f"so it cannot be refitted per point; the gaps need a guide such as mean_field, full_rank or iaf"
         )
     return InferenceGaps(log_px, amortized.elbo, elbo_local, num_samples, name, how)
