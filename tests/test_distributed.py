@@ -47,15 +47,19 @@ def _five_step_data() -> pg.Dataset:
 
 
 class CorrespondingNoise:
-    """Swap the standard-normal draw of ``rsample`` for a shared table: each call draws the
-    noise of the whole global batch from one seeded generator, and this rank keeps the rows
-    of its points (positions rank, rank + world, ...), as the batch itself is sharded."""
+    """Swap the standard-normal draw of ``rsample`` for a shared table: each draw for a training
+    batch (``rows`` points on this process) takes the noise of the whole global batch from one
+    seeded generator, and this rank keeps the rows of its points (positions rank, rank + world,
+    ...), as the batch itself is sharded. Other draws (a one-point probe, validation) come
+    from the usual RNG and leave the table's generator alone."""
 
-    def __init__(self, rank: int = 0, world: int = 1):
-        self.rank, self.world = rank, world
+    def __init__(self, rows: int, rank: int = 0, world: int = 1):
+        self.rows, self.rank, self.world = rows, rank, world
         self.generator = torch.Generator().manual_seed(1234)
 
     def __call__(self, shape, dtype, device):
+        if len(shape) == 0 or shape[0] != self.rows:
+            return self.saved(shape, dtype=dtype, device=device)
         table = torch.randn((shape[0] * self.world, *shape[1:]), generator=self.generator, dtype=dtype)
         return table[self.rank :: self.world].to(device)
 
@@ -72,7 +76,7 @@ def train_five_steps(guide_name: str, batch_size: int, distributed: bool, rank: 
     pyro.set_rng_seed(0)
     model = pg.create_model("vae", data, latent_dim=3, hidden=[32])
     guide = pg.create_guide(guide_name, model, hidden=[32])
-    with CorrespondingNoise(rank, world):
+    with CorrespondingNoise(batch_size, rank, world):
         pg.fit(model, guide, data, epochs=1, batch_size=batch_size, lr=1e-2, seed=0, progress=False, distributed=distributed)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"guide.{k}": v for k, v in guide.state_dict().items()})
