@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=1000, help="random codes decoded per model")
     parser.add_argument("--pairs", type=int, default=200, help="test pairs interpolated")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--score-points", type=int, default=None, help="test points scored by IS (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output stem (default benchmarks/results/ae_vs_vae[_mnist])")
     args = parser.parse_args(argv)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             paths = interpolate(model, z0, z1, args.steps)
             smooth = continuity(paths)
             if name == "vae":
-                ll = pg.log_likelihood(model, q, data.test, 1000, seed=args.seed)
+                ll = pg.log_likelihood(model, q, data.test[: args.score_points], 1000, seed=args.seed)
                 score = f"{ll.mean:.2f} +/- {ll.stderr:.2f}"
             else:
                 score = "n/a (improper prior)"
@@ -182,10 +183,12 @@ def write_table(path: Path, rows: list[dict], data, args, reference: float, accu
     lines = [
         f"# AE vs VAE on {data.name}",
         "",
-        f"Command: `python benchmarks/ae_vs_vae.py{root} --epochs {args.epochs}`: latent dims "
+        f"Command: `python benchmarks/ae_vs_vae.py{root} --epochs {args.epochs}"
+        f"{f' --score-points {args.score_points}' if args.score_points else ''}`: latent dims "
         f"{args.latent_dims}, the same networks {args.hidden} (tanh) for the encoders and decoders "
         f"of both, Bernoulli likelihood, dynamic binarization, batch {args.batch_size}, Adam lr "
-        f"{args.lr}, seed {args.seed}; CPU.",
+        f"{args.lr}, seed {args.seed}; CPU. IS scores on "
+        f"{args.score_points or data.test.shape[0]} test points.",
         "",
         f"Judge: logistic regression on real training images. On held-out real images its "
         f"accuracy is {accuracy:.3f}, and {reference:.3f} of them get confidence > 0.9 (the "
