@@ -217,8 +217,9 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
         )
     lines += [
         "",
-        "k-hat is NaN (n/a) for a point whose weights are so even that PSIS finds no tail to fit "
-        "(the exact posterior gives constant weights up to round-off); mean and max skip those.",
+        "k-hat is NaN (n/a) for a point whose weights leave PSIS no tail to fit: constant up to "
+        "round-off (the exact posterior), or only C distinct values (the prior over a mixture's "
+        "C components, or a near-certain categorical q); mean and max skip those.",
     ]
     return "\n".join(lines) + "\n"
 
