@@ -31,21 +31,38 @@ def sample(
     return site["fn"].mean if mean else site["value"]
 
 
+def _categories(site) -> int | None:
+    """Number of classes of a discrete ``integer_interval(0, C-1)`` site, else ``None``."""
+    support = site.support
+    if site.discrete and hasattr(support, "upper_bound") and getattr(support, "lower_bound", None) == 0:
+        return int(support.upper_bound) + 1
+    return None
+
+
 def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int = 256) -> Tensor:
     """Represent points by q(z|x): the posterior mean, shape ``(N, D)``.
 
-    All latent sites are flattened and concatenated in declaration order (D is their total
-    size). With ``num_samples=S`` return S posterior draws instead, shape ``(S, N, D)``. Where
-    a family has no closed-form mean (flows, transformed supports) the mean is estimated from
-    ``mc_samples`` draws.
+    All latent sites are flattened and concatenated in declaration order. A continuous site
+    contributes its mean (D counts its scalars); a discrete site with C classes contributes its
+    C class probabilities q(k|x). With ``num_samples=S`` return S posterior draws instead, shape
+    ``(S, N, D)``, discrete sites as their sampled class index. Where a family has no
+    closed-form mean (flows, transformed supports) the mean is estimated from ``mc_samples``
+    draws.
     """
-    names = [site.name for site in guide.latent_sites]
+    n = x.shape[0]
 
-    def draws(count: int) -> Tensor:
+    def draws(count: int, one_hot: bool = False) -> Tensor:
         with torch.no_grad(), poutine.block(), pyro.plate("particles", count, dim=-2):
             trace = poutine.trace(guide).get_trace(x)
-        parts = [trace.nodes[n]["value"].expand(count, x.shape[0], *trace.nodes[n]["value"].shape[2:]) for n in names]
-        return torch.cat([p.reshape(count, x.shape[0], -1).to(torch.get_default_dtype()) for p in parts], dim=-1)
+        parts = []
+        for site in guide.latent_sites:
+            value = trace.nodes[site.name]["value"]
+            value = value.expand(count, n, *value.shape[2:]).reshape(count, n, -1)
+            classes = _categories(site)
+            if one_hot and classes is not None:
+                value = torch.nn.functional.one_hot(value.long().squeeze(-1), classes)
+            parts.append(value.to(torch.get_default_dtype()))
+        return torch.cat(parts, dim=-1)
 
     if num_samples is not None:
         check_positive_int("num_samples", num_samples)
@@ -53,7 +70,13 @@ def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int 
     try:
         with torch.no_grad():
             posterior = guide.posterior(x)
-            means = [posterior[n].mean.reshape(x.shape[0], -1) for n in names]
+            means = []
+            for site in guide.latent_sites:
+                q = posterior[site.name]
+                if _categories(site) is not None:
+                    means.append(q.probs.reshape(n, -1))
+                else:
+                    means.append(q.mean.reshape(n, -1))
         return torch.cat(means, dim=-1)
-    except NotImplementedError:
-        return draws(mc_samples).mean(dim=0)
+    except (NotImplementedError, AttributeError):
+        return draws(mc_samples, one_hot=True).mean(dim=0)

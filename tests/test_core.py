@@ -228,3 +228,15 @@ def test_sample_and_encode_shapes(trained_vae):
     # The posterior mean against the mean of 4000 draws: within 5 standard errors per coordinate.
     stderr = draws.std(0) / 4000**0.5
     assert bool(((draws.mean(0) - z).abs() < 5 * stderr).all())
+
+
+def test_encode_gives_class_probabilities_for_discrete_sites():
+    model = DiscreteLatentModel((4,))
+    x = torch.randn(6, 4)
+    guide = pg.create_guide("prior", model)
+    probs = pg.encode(guide, x, mc_samples=2000)
+    assert probs.shape == (6, 3)
+    assert torch.allclose(probs.sum(-1), torch.ones(6))
+    # one-hot Monte Carlo mean of a uniform prior: each share within 5 binomial SEs of 1/3
+    assert bool(((probs - 1 / 3).abs() < 5 * (2 / 9 / 2000) ** 0.5).all())
+    assert pg.encode(guide, x, num_samples=5).shape == (5, 6, 1)
