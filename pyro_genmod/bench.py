@@ -298,7 +298,9 @@ def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progr
     )
     summary = ll.summary()
     khat = ll.khat[np.isfinite(ll.khat)]
-    means = encode(guide, test)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    test = test.to(device)  # fit may have moved the pair to a GPU
+    means = encode(guide, test).cpu()
     row = {
         "epochs": epochs, "train_seconds": train_seconds, "eval_K": opts["num_samples"],
         "eval_points": test.shape[0], "eval_seconds": eval_seconds, "test_elbo": summary["elbo"],
@@ -313,7 +315,8 @@ def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progr
         generator = torch.Generator().manual_seed(opts["seed"])
         train_x = data.training_batch(data.train[: opts["probe_points"]], generator)
         row["probe_accuracy"] = linear_probe_accuracy(
-            encode(guide, train_x), data.train_labels[: train_x.shape[0]], means, labels, seed=opts["seed"]
+            encode(guide, train_x.to(device)).cpu(), data.train_labels[: train_x.shape[0]], means, labels,
+            seed=opts["seed"],
         )
     return row
 
