@@ -111,7 +111,7 @@ class BenchConfig:
         merged.update(self.raw.get(section, {}))
         for override in self.raw.get("overrides", []):
             match = override.get("match", {})
-            if all(str(getattr(cell, key)) == str(value) for key, value in match.items()):
+            if all(str(getattr(cell, key, None)) == str(value) for key, value in match.items()):
                 merged.update(override.get(section, {}))
         return merged
 
