@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=None, help="guides to run (default: all rows)")
     parser.add_argument("--max-k", type=int, default=None, help="skip rows trained with more particles")
+    parser.add_argument("--out", default=None, help="result file name (default: guides.md or guides_mnist.md)")
     args = parser.parse_args(argv)
     mnist = args.data_root is not None
     data = pg.load_dataset("mnist", root=args.data_root) if mnist else pg.load_dataset("digits")
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_table(rows: list[dict], variance: dict, data, test, args) -> None:
-    name = "guides_mnist.md" if args.data_root else "guides.md"
+    name = args.out or ("guides_mnist.md" if args.data_root else "guides.md")
     lines = [
         f"# Guide zoo on {data.name}: VAE (latent {args.latent_dim}, MLP 200-200 tanh, Bernoulli)",
         "",
