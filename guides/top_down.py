@@ -18,9 +18,10 @@ __all__ = ["TopDown"]
 
 @register_guide("top_down")
 class TopDown(HierarchicalGuide):
-    """Top-down guide: a deterministic bottom-up pass h(x), then z_L ~ q(z_L|h),
-    z_{L-1} ~ q(z_{L-1}|z_L, h), ... in the generative order.
+    """Top-down guide: q(z_L|x) q(z_{L-1}|z_L, x) ..., sampled in the generative order.
 
+    A deterministic bottom-up pass computes h(x); then z_L ~ q(z_L|h), z_{L-1} ~
+    q(z_{L-1}|z_L, h), and so on down to the site nearest the data.
     The guide factorizes like the true posterior p(z_L|x) p(z_{L-1}|z_L, x) ..., which the
     bottom-up guide cannot (its q(z_2|z_1) ignores x). This is the ladder VAE's inference
     order, without its precision-weighted merge with the prior.
