@@ -283,11 +283,10 @@ def cmd_list(args) -> int:
     print("  " + ", ".join(list_objectives()))
     pairs = _pairs()
     guides = _registry.list_guides()
-    print("\nwhich guide fits which model (yes / no):")
-    width = max(len(g) for g in guides) + 2
-    print(" " * 22 + "".join(f"{g:<{width}}" for g in guides))
+    print("\nwhich guides fit each model:")
     for model_name, row in pairs.items():
-        print(f"  {model_name:<20}" + "".join(f"{'yes' if row[g] is None else 'no':<{width}}" for g in guides))
+        fitting = [g for g in guides if row[g] is None]
+        print(f"  {model_name:<20} {', '.join(fitting) or 'none'}")
     if args.pairs:
         print("\nwhy not:")
         for model_name, row in pairs.items():

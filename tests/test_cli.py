@@ -73,7 +73,10 @@ def test_list_shows_models_guides_datasets_and_pairs(capsys):
     out = capsys.readouterr().out
     for name in ("vae", "mean_field", "full_rank", "delta", "prior", "digits", "trace_elbo"):
         assert name in out
-    assert "which guide fits which model" in out
+    assert "which guides fit each model" in out
+    pairs_section = out.split("which guides fit each model:")[1]
+    vae_row = next(line for line in pairs_section.splitlines() if line.strip().startswith("vae "))
+    assert "mean_field" in vae_row and "full_rank" in vae_row
 
 
 def _one_line_error(capsys, argv, pattern):
