@@ -15,11 +15,15 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import pyro
+import pyro.distributions as dist
 import torch
-from pyro.distributions.util import scale_and_mask
+import torch.nn.functional as F
+from pyro.distributions.util import scale_and_mask, sum_rightmost
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
+from torch.distributions import Bernoulli, Independent
+from torch.distributions.utils import broadcast_all
 
 from .errors import GenmodError
 
@@ -28,6 +32,17 @@ __all__ = ["FastPathUnsupported", "log_densities", "elbo_loss", "supports_fast_e
 
 class FastPathUnsupported(GenmodError):
     """The pair needs Pyro's full ``Trace_ELBO`` (a score-function or enumerated site)."""
+
+
+def _log_prob(fn, value: Tensor) -> Tensor:
+    """``fn.log_prob(value)``; for independent Bernoulli logits (the image likelihood) the sum
+    of ``-BCE`` is taken as ``-(sum of BCE)``, bit-identical and one full-size pass cheaper."""
+    base = fn.base_dist if isinstance(fn, Independent) else None
+    if type(base) in (Bernoulli, dist.Bernoulli) and "logits" in base.__dict__ and not base._validate_args:
+        logits, value = broadcast_all(base.logits, value)
+        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -sum_rightmost(bce, fn.reinterpreted_batch_ndims)
+    return fn.log_prob(value)
 
 
 class _Score(Messenger):
@@ -72,7 +87,9 @@ class _Score(Messenger):
     def _postprocess_message(self, msg) -> None:
         if msg["type"] != "sample" or site_is_subsample(msg):
             return
-        log_p = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
+        log_p = _log_prob(msg["fn"], msg["value"]) if not msg["args"] and not msg["kwargs"] else (
+            msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
+        )
         if not self.per_point:
             log_p = scale_and_mask(log_p, msg["scale"], msg["mask"])
         elif log_p.dim() < 2:
@@ -139,7 +156,7 @@ def _contract_densities(model, guide, x: Tensor) -> tuple[Tensor, Tensor]:
     prior = _Score(replay=latents, strict=True)
     with prior:
         values = model.prior()
-    return prior.total + model.likelihood(values).log_prob(x), log_q
+    return prior.total + _log_prob(model.likelihood(values), x), log_q
 
 
 def elbo_loss(model, guide, x: Tensor, num_particles: int = 1) -> Tensor:
