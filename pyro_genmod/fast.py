@@ -12,7 +12,7 @@ path (the training loop already stops on a non-finite loss).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import pyro
 import pyro.distributions as dist
@@ -22,7 +22,7 @@ from pyro.distributions.util import scale_and_mask, sum_rightmost
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from torch.distributions import Bernoulli, Independent
+from torch.distributions import Bernoulli, Distribution, Independent
 from torch.distributions.utils import broadcast_all
 
 from .errors import GenmodError
@@ -32,6 +32,18 @@ __all__ = ["FastPathUnsupported", "log_densities", "elbo_loss", "supports_fast_e
 
 class FastPathUnsupported(GenmodError):
     """The pair needs Pyro's full ``Trace_ELBO`` (a score-function or enumerated site)."""
+
+
+@contextmanager
+def _unvalidated():
+    """Distribution argument checks off (torch's default flag only: cheaper than
+    ``pyro.validation_enabled(False)``, which also resets Pyro's inference checks)."""
+    previous = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(previous)
 
 
 def _log_prob(fn, value: Tensor) -> Tensor:
@@ -168,7 +180,7 @@ def elbo_loss(model, guide, x: Tensor, num_particles: int = 1) -> Tensor:
     distributions directly; everything else goes through the scoring messengers.
     """
     if num_particles == 1 and _runs_contract_programs(model, guide):
-        with pyro.validation_enabled(False):
+        with _unvalidated():
             log_p, log_q = _contract_densities(model, guide, x)
         return log_q.sum() - log_p.sum()
     log_p, log_q = log_densities(model, guide, x, num_particles, reparameterized=True)

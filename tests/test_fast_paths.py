@@ -169,3 +169,14 @@ def test_fused_adam_takes_the_same_steps_as_adam():
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
         assert not torch.equal(a.detach(), start[0] if a.shape == start[0].shape else start[1])
+
+
+def test_validation_is_off_only_inside_the_fast_path():
+    from torch.distributions import Distribution
+
+    model, guide = _pair("mean_field")
+    before = Distribution._validate_args
+    fast.elbo_loss(model, guide, _batch(3))
+    assert Distribution._validate_args == before
+    with pytest.raises(ValueError):  # outside, a bad scale is still refused
+        dist.Normal(torch.zeros(2), -torch.ones(2), validate_args=None if before else True)

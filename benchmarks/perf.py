@@ -1,0 +1,557 @@
+"""Performance benchmarks for issue 8: SVI step, importance-sampling scorer, end-to-end, devices.
+
+Each section writes ``benchmarks/results/perf/<section>.json``; ``--report`` renders them all
+into ``benchmarks/results/perf.md``. Timings are medians of interleaved runs in one process,
+reported as ratios against a hand-written PyTorch baseline doing the same work.
+
+    python -m benchmarks.perf svi            # 1. SVI step vs hand-written PyTorch
+    python -m benchmarks.perf scorer         # 2. IS throughput vs hand-written and pyro.infer.Importance
+    python -m benchmarks.perf scaling        # 2. cost in K and in the number of points
+    python -m benchmarks.perf protocol       # 2. K=5000 on the 10,000 MNIST test images: wall time, peak RSS
+    python -m benchmarks.perf e2e            # 3. default `genmod train`, one MNIST epoch (Burda one-layer)
+    python -m benchmarks.perf report         # write perf.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+import pyro_genmod as pg
+from pyro_genmod.objectives import get_objective
+from pyro_genmod.train import parameters
+
+__all__: list[str] = []
+
+RESULTS = Path(__file__).parent / "results" / "perf"
+MNIST_ROOT = os.environ.get("GENMOD_MNIST_ROOT", "/work/shared/data")
+LOG_2PI = math.log(2 * math.pi)
+
+
+def machine() -> dict:
+    """CPU model, threads and load, for the record next to every number."""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "load_average": os.getloadavg(),
+        "utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.perf", *sys.argv[1:]]),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def save(section: str, result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine(), **result}
+    (RESULTS / f"{section}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+def vae_pair(device: str = "cpu", hidden=(400,), latent_dim: int = 20, seed: int = 0):
+    """The issue's VAE: 784-400-20, Bernoulli, tanh, with the mean-field encoder 784-400-(2x20)."""
+    torch.manual_seed(seed)
+    model = pg.create_model("vae", (1, 28, 28), latent_dim=latent_dim, hidden=hidden)
+    guide = pg.create_guide("mean_field", model, hidden=hidden)
+    return model.to(device), guide.to(device)
+
+
+def interleaved(fns: dict, rounds: int, block: int, baseline: str) -> dict:
+    """Median seconds per call of each function and median of the per-round ratios to ``baseline``.
+
+    Each round runs every function ``block`` times, in rotated order, so slow spells of a
+    shared machine hit all of them alike; the ratio is taken within a round. Both wall time
+    and the process's CPU time are kept: on a machine shared with other jobs the CPU time is
+    the steadier measure of the work done.
+    """
+    names = list(fns)
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    times = {clock: {name: [] for name in names} for clock in clocks}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn = fns[name]
+            start = {clock: read() for clock, read in clocks.items()}
+            for _ in range(block):
+                fn()
+            for clock, read in clocks.items():
+                times[clock][name].append((read() - start[clock]) / block)
+    out = {}
+    for name in names:
+        out[name] = {}
+        for clock in clocks:
+            ratios = [t / b for t, b in zip(times[clock][name], times[clock][baseline])]
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+            out[name][clock] = {
+                "median_s": statistics.median(times[clock][name]),
+                "ratio": statistics.median(ratios),
+                "ratio_iqr": [quartiles[0], quartiles[2]],
+            }
+    return out
+
+
+# ---------------------------------------------------------------- 1. SVI step
+
+
+class HandVAE:
+    """Hand-written VAE step: same networks, one reparameterized draw, Monte Carlo KL.
+
+    It computes what the zoo's Trace_ELBO computes: log p(x|z) + log p(z) - log q(z|x) at one
+    draw z = mu + sigma * eps, summed over the batch, then Adam.
+    """
+
+    def __init__(self, model, guide, adam: dict):
+        self.encoder = copy.deepcopy(guide.encoder)
+        self.decoder = copy.deepcopy(model.decoder)
+        self.latent_dim = model.latent_dim
+        params = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=1e-3, **adam)
+
+    def loss(self, x):
+        x = x.reshape(x.shape[0], -1)
+        loc, raw = self.encoder(x).split(self.latent_dim, dim=-1)
+        scale = F.softplus(raw) + 1e-4
+        eps = torch.randn_like(loc)
+        z = loc + scale * eps
+        log_q = (-0.5 * eps.square() - scale.log() - 0.5 * LOG_2PI).sum(-1)
+        log_prior = (-0.5 * z.square() - 0.5 * LOG_2PI).sum(-1)
+        log_lik = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)
+        return (log_q - log_prior - log_lik).sum()
+
+    def step(self, x) -> float:
+        loss = self.loss(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+def zoo_step(model, guide, objective, adam: dict):
+    """The step :func:`pyro_genmod.fit` takes: objective, zero_grad, backward, Adam."""
+    optimizer = torch.optim.Adam(parameters(model, guide), lr=1e-3, **adam)
+
+    def step(x) -> float:
+        differentiable, value = objective(model, guide, x)
+        optimizer.zero_grad(set_to_none=True)
+        differentiable.backward()
+        optimizer.step()
+        return value
+
+    return step
+
+
+def pyro_svi_step(model, guide, elbo, adam: dict, prefix: str):
+    """Stock Pyro: ``SVI`` with a ``pyro.optim.Adam`` over the param store (the issue's anchors)."""
+
+    def model_fn(x):
+        pyro.module(f"{prefix}.model", model)
+        return model(x)
+
+    def guide_fn(x):
+        pyro.module(f"{prefix}.guide", guide)
+        return guide(x)
+
+    svi = pyro.infer.SVI(model_fn, guide_fn, pyro.optim.Adam({"lr": 1e-3, **adam}), elbo)
+    return svi.step
+
+
+def bench_svi(args) -> dict:
+    device = args.device
+    x = torch.bernoulli(torch.full((128, 1, 28, 28), 0.3, device=device))
+    results = {}
+    settings = {"default": {}, "fused": {"fused": True}, "foreach": {"foreach": True}}
+    for label, adam in settings.items():
+        pyro.clear_param_store()
+        model, guide = vae_pair(device)
+        hand = HandVAE(model, guide, adam)
+        fast = get_objective("trace_elbo")
+        plain = get_objective("trace_elbo")
+        plain.use_fast = False  # the pre-fast-path zoo step: Pyro Trace_ELBO.differentiable_loss
+        pairs = {name: vae_pair(device) for name in ("zoo", "zoo_pyro", "svi", "svi_jit")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # JitTrace_ELBO: torch.jit.trace deprecation
+            jit = pyro.infer.JitTrace_ELBO(max_plate_nesting=1)
+        steps = {
+            "hand": hand.step,
+            "zoo": zoo_step(*pairs["zoo"], fast, adam),
+            "zoo_pyro": zoo_step(*pairs["zoo_pyro"], plain, adam),
+            "svi": pyro_svi_step(*pairs["svi"], pyro.infer.Trace_ELBO(max_plate_nesting=1), adam, "svi"),
+            "svi_jit": pyro_svi_step(*pairs["svi_jit"], jit, adam, "svi_jit"),
+        }
+        if device != "cpu" or args.quick:
+            steps.pop("svi_jit")
+        fns = {name: (lambda s=s: s(x)) for name, s in steps.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for fn in fns.values():  # warm-up (and the JIT trace)
+                for _ in range(5):
+                    fn()
+            results[label] = interleaved(fns, rounds=args.rounds, block=args.block, baseline="hand")
+        print(label, {k: (round(v["wall"]["ratio"], 3), round(v["cpu"]["ratio"], 3)) for k, v in results[label].items()}, flush=True)
+    return {
+        "setup": "VAE 784-400-20 (tanh), Bernoulli, mean-field guide, batch 128, one particle; "
+        f"{args.rounds} interleaved rounds of {args.block} steps; device {device}",
+        "adam": {k: str(v) for k, v in settings.items()},
+        "results": results,
+    }
+
+
+# ---------------------------------------------------------------- 2. importance sampling
+
+
+def hand_scorer(model, guide, max_rows: int = 65536):
+    """Hand-written batched IS estimator: encoder, K draws, decoder, Bernoulli log-likelihood,
+    log-sum-exp; chunked over points like the zoo's scorer."""
+
+    @torch.no_grad()
+    def score(x, k: int):
+        out = []
+        flat = x.reshape(x.shape[0], -1)
+        points = max(1, max_rows // k)
+        for start in range(0, flat.shape[0], points):
+            xc = flat[start : start + points]
+            loc, raw = guide.encoder(xc).split(model.latent_dim, dim=-1)
+            scale = F.softplus(raw) + 1e-4
+            eps = torch.randn((k, *loc.shape), device=x.device)
+            z = loc + scale * eps
+            log_w = (
+                -F.binary_cross_entropy_with_logits(model.decoder(z), xc.expand(k, *xc.shape), reduction="none").sum(-1)
+                - 0.5 * z.square().sum(-1)
+                + (0.5 * eps.square() + scale.log()).sum(-1)
+            )
+            out.append(torch.logsumexp(log_w, 0) - math.log(k))
+        return torch.cat(out)
+
+    return score
+
+
+def test_images(num: int, device: str = "cpu") -> torch.Tensor:
+    """The binarized MNIST test set when it is on disk, else synthetic binary images."""
+    try:
+        return pg.load_dataset("mnist", root=MNIST_ROOT).test[:num].to(device)
+    except pg.GenmodError:
+        return torch.bernoulli(torch.full((num, 1, 28, 28), 0.13), generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def importance_loop(model, guide, x, k: int) -> float:
+    """``pyro.infer.Importance`` per point; returns the summed log-evidence estimates."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1]
+        posterior = pyro.infer.Importance(model, guide, num_samples=k).run(xi)
+        total += float(posterior.get_log_normalizer())
+    return total
+
+
+def bench_scorer(args) -> dict:
+    device = args.device
+    model, guide = vae_pair(device)
+    k = args.k
+    x = test_images(args.points, device)
+    hand = hand_scorer(model, guide)
+    fns = {
+        "hand": lambda: hand(x, k),
+        "zoo": lambda: pg.log_likelihood(model, guide, x, k, khat=False),
+        "zoo_khat": lambda: pg.log_likelihood(model, guide, x, k, khat=True),
+    }
+    for fn in fns.values():
+        fn()
+    res = interleaved(fns, rounds=args.rounds, block=1, baseline="hand")
+    work = x.shape[0] * k
+    for r in res.values():
+        r["throughput"] = work / r["wall"]["median_s"]
+        r["relative_throughput"] = 1 / r["wall"]["ratio"]
+    # pyro.infer.Importance: per point, same K, on a few points (it is slow); interleaved with the zoo
+    few = x[: args.importance_points]
+    loop = {
+        "zoo": lambda: pg.log_likelihood(model, guide, few, k, khat=False),
+        "importance": lambda: importance_loop(model, guide, few, k),
+    }
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loop_res = interleaved(loop, rounds=3, block=1, baseline="zoo")
+    for r in loop_res.values():
+        r["throughput"] = few.shape[0] * k / r["wall"]["median_s"]
+    return {
+        "setup": f"VAE 784-400-20, {x.shape[0]} points x K={k}, {args.rounds} interleaved rounds; "
+        f"pyro.infer.Importance on {few.shape[0]} points x K={k}, 3 interleaved rounds",
+        "results": res,
+        "importance": loop_res,
+        "zoo_over_importance": loop_res["importance"]["wall"]["ratio"],
+    }
+
+
+def bench_scaling(args) -> dict:
+    model, guide = vae_pair(args.device)
+    x = test_images(10000, args.device)
+    rows = []
+    for k in (10, 100, 1000, 5000):
+        base = max(args.points // 4, 25000 // k)  # at least 25,000 point-samples, so a call takes ~1 s
+        pg.log_likelihood(model, guide, x[:base], k, khat=False)  # warm
+        for n in (base, 2 * base, 4 * base):
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                pg.log_likelihood(model, guide, x[:n], k, khat=False)
+                times.append(time.perf_counter() - start)
+            t = min(times)
+            rows.append({"k": k, "points": n, "seconds": t, "us_per_point_sample": 1e6 * t / (n * k)})
+            print(rows[-1], flush=True)
+    return {"setup": "VAE 784-400-20, zoo scorer without k-hat, best of 2", "rows": rows}
+
+
+def bench_protocol(args) -> dict:
+    """K=5000 on the 10,000 MNIST test images, k-hat included, as ``genmod evaluate`` scores them.
+
+    Scored in blocks of 1,000 images (one ``log_likelihood`` call each, the same estimator), with
+    the running wall time and peak RSS saved after every block, so a run cut short still
+    records what it measured.
+    """
+    start = time.perf_counter()
+    data_x = test_images(10000, args.device)
+    load_s = time.perf_counter() - start
+    model, guide = vae_pair(args.device)
+    result = {
+        "setup": f"VAE 784-400-20 (untrained; the cost does not depend on the weights), {data_x.shape[0]} "
+        f"test images, K={args.k}, k-hat on, blocks of 1,000 images",
+        "data": "MNIST test set" if os.path.isdir(Path(MNIST_ROOT) / "MNIST") else "synthetic binary 28x28",
+        "load_seconds": load_s,
+        "blocks": [],
+    }
+    start = time.perf_counter()
+    estimates = []
+    for i, block in enumerate(data_x.split(1000)):
+        estimates.append(pg.log_likelihood(model, guide, block, args.k, seed=i).per_point)
+        done = sum(e.numel() for e in estimates)
+        wall = time.perf_counter() - start
+        result.update(
+            points_done=done,
+            wall_seconds=wall,
+            peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB -> GiB
+            throughput=done * args.k / wall,
+            log_likelihood=float(torch.cat(estimates).mean()),
+        )
+        result["blocks"].append({"points_done": done, "wall_seconds": wall, "load_average": os.getloadavg()})
+        save("protocol", result)
+    return result
+
+
+# ---------------------------------------------------------------- 3. end to end
+
+
+def bench_e2e(args) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pyro_genmod", "train", "--quiet", "--out", str(Path(folder) / "run")],
+            capture_output=True, text=True,
+        )
+        default_wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    result = {"default_train": {"command": "genmod train", "wall_seconds": default_wall, "stdout": proc.stdout}}
+    data = pg.load_dataset("mnist", root=MNIST_ROOT)
+    epochs = {}
+    for objective in ("trace_elbo",):
+        torch.manual_seed(0)
+        model = pg.create_model("vae", data, latent_dim=50, hidden=(200, 200))
+        guide = pg.create_guide("mean_field", model, hidden=(200, 200))
+        fit = pg.fit(model, guide, data, epochs=1, batch_size=128, objective=objective, progress=False)
+        epochs[objective] = {
+            "epoch_seconds": fit.history[0]["seconds"],
+            "train_points": int(data.train.shape[0]),
+            "val_elbo": fit.history[0]["val_elbo"],
+        }
+    result["mnist_epoch"] = {"architecture": "Burda one layer: 784-200-200-50 (tanh), batch 128", **epochs}
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def _machine_line(result: dict) -> str:
+    m = result["machine"]
+    load = ", ".join(f"{v:.1f}" for v in m["load_average"])
+    return (
+        f"`{m['command']}` at {m['utc']} UTC on {m['cpu']} ({m['cpus']} CPUs, torch threads "
+        f"{m['torch_threads']}), load average {load}"
+    )
+
+
+def write_report(folder: Path, out: Path) -> Path:
+    """Render every ``<section>.json`` in ``folder`` into the markdown file ``out``."""
+    read = lambda name: json.loads((folder / f"{name}.json").read_text()) if (folder / f"{name}.json").exists() else None  # noqa: E731
+    lines = [
+        "# Performance (issue 8)",
+        "",
+        "Produced by `python -m benchmarks.perf <section>` then `python -m benchmarks.perf report`.",
+        "Ratios are medians over interleaved rounds in one process (each round runs every variant",
+        "in rotated order; the ratio is taken within the round). The machine is a 2-core VM shared",
+        "with other jobs at the time of measurement (load averages below): wall-clock ratios are",
+        "noisy, so the process CPU-time ratio is given beside them.",
+        "",
+    ]
+    svi = read("svi")
+    if svi:
+        lines += ["## 1. SVI step", "", svi["setup"] + ".", "", _machine_line(svi) + ".", ""]
+        lines += [
+            "Variants: `hand` hand-written PyTorch step (same networks, one reparameterized draw,",
+            "Monte Carlo KL, BCE-with-logits); `zoo` what `fit` runs now (objective `trace_elbo`,",
+            "trace-free fast path); `zoo_pyro` the same objective forced through Pyro's",
+            "`Trace_ELBO.differentiable_loss`; `svi` stock `pyro.infer.SVI` + `Trace_ELBO` +",
+            "`pyro.optim.Adam`; `svi_jit` the same with `JitTrace_ELBO`. Each Adam setting is",
+            "applied to both sides.",
+            "",
+            "| Adam | variant | ms/step (wall) | ratio to hand (wall) | ratio to hand (CPU) |",
+            "|---|---|---|---|---|",
+        ]
+        for adam, variants in svi["results"].items():
+            for name, r in variants.items():
+                lines.append(
+                    f"| {adam} | {name} | {1e3 * r['wall']['median_s']:.2f} | {r['wall']['ratio']:.3f} "
+                    f"| {r['cpu']['ratio']:.3f} |"
+                )
+        fused = svi["results"].get("fused", {}).get("zoo")
+        default = svi["results"].get("default", {}).get("zoo")
+        for label, r in (("fused Adam (what `fit` uses)", fused), ("default Adam", default)):
+            if r:
+                lines.append("")
+                lines.append(
+                    f"Target <= 1.05x, {label}: {_verdict(r['wall']['ratio'] <= 1.05)} "
+                    f"(wall {r['wall']['ratio']:.3f}x, CPU {r['cpu']['ratio']:.3f}x)."
+                )
+        hand_default = svi["results"].get("default", {}).get("hand")
+        hand_fused = svi["results"].get("fused", {}).get("hand")
+        if hand_default and hand_fused:
+            lines += [
+                "",
+                f"Fused Adam: the hand-written step takes {1e3 * hand_fused['wall']['median_s']:.2f} ms "
+                f"with it and {1e3 * hand_default['wall']['median_s']:.2f} ms without (wall medians).",
+            ]
+        lines.append("")
+    scorer = read("scorer")
+    if scorer:
+        res = scorer["results"]
+        lines += ["## 2. Importance-sampled log-likelihood", "", scorer["setup"] + ".", "", _machine_line(scorer) + ".", ""]
+        lines += ["| scorer | points x samples / s | relative to hand-written |", "|---|---|---|"]
+        for name, r in res.items():
+            lines.append(f"| {name} | {r['throughput']:,.0f} | {r['relative_throughput']:.3f} |")
+        imp = scorer["importance"]
+        lines += [
+            f"| pyro.infer.Importance, per point | {imp['importance']['throughput']:,.0f} | |",
+            "",
+            f"Target >= 0.9x of hand-written, without k-hat: {_verdict(res['zoo']['relative_throughput'] >= 0.9)} "
+            f"({res['zoo']['relative_throughput']:.3f}x); with PSIS k-hat (the default): "
+            f"{_verdict(res['zoo_khat']['relative_throughput'] >= 0.9)} ({res['zoo_khat']['relative_throughput']:.3f}x).",
+            "",
+            f"Target >= 100x `pyro.infer.Importance` looped per point: "
+            f"{_verdict(scorer['zoo_over_importance'] >= 100)} ({scorer['zoo_over_importance']:.0f}x).",
+            "",
+        ]
+    protocol = read("protocol")
+    if protocol:
+        finished = protocol["points_done"] == 10000
+        lines += [
+            "### Full protocol: K=5000 on the 10,000 test images",
+            "",
+            f"{protocol['setup']}; data: {protocol['data']}.",
+            "",
+            _machine_line(protocol) + ".",
+            "",
+            f"- wall time: {protocol['wall_seconds']:.0f} s ({protocol['wall_seconds'] / 60:.1f} min) for "
+            f"{protocol['points_done']:,} of the 10,000 images"
+            + ("" if finished else f" (run stopped there; at that rate all 10,000 take "
+               f"{10000 * protocol['wall_seconds'] / protocol['points_done'] / 60:.0f} min)")
+            + f", {protocol['throughput']:,.0f} points x samples / s (plus {protocol['load_seconds']:.0f} s loading MNIST)",
+            f"- peak resident memory: {protocol['peak_rss_gib']:.2f} GiB; target <= 2 GiB: "
+            f"{_verdict(protocol['peak_rss_gib'] <= 2.0)}",
+            "",
+        ]
+    scaling = read("scaling")
+    if scaling:
+        lines += ["### Scaling in K and in the number of points", "", scaling["setup"] + ".", "", _machine_line(scaling) + ".", ""]
+        lines += ["| K | points | seconds | microseconds per point-sample |", "|---|---|---|---|"]
+        for row in scaling["rows"]:
+            lines.append(f"| {row['k']} | {row['points']} | {row['seconds']:.3f} | {row['us_per_point_sample']:.2f} |")
+        lines.append("")
+    e2e = read("e2e")
+    if e2e:
+        d = e2e["default_train"]
+        epoch = e2e["mnist_epoch"]
+        lines += [
+            "## 3. End to end",
+            "",
+            _machine_line(e2e) + ".",
+            "",
+            f"- `genmod train` with every default (VAE + mean_field on digits, 100 epochs, K=1000 test "
+            f"score): {d['wall_seconds']:.1f} s wall, process start to exit.",
+            f"- One MNIST epoch, {epoch['architecture']}: {epoch['trace_elbo']['epoch_seconds']:.1f} s "
+            f"({epoch['trace_elbo']['train_points']:,} training images, validation ELBO included).",
+            "",
+        ]
+    lines += [
+        "## 4. Devices",
+        "",
+        "No GPU was lent to this session, so no GPU numbers are recorded. The library never assumes",
+        "one: `fit` trains where the model is (or on `device=`), `fused_adam` falls back to the plain",
+        "Adam loop where a device has no fused kernel, and the scorer forks the RNG of the device it",
+        "runs on. `python -m benchmarks.perf svi --device cuda` and `scorer --device cuda` run the",
+        "same benchmarks on a GPU.",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    return out
+
+
+SECTIONS = {"svi": bench_svi, "scorer": bench_scorer, "scaling": bench_scaling, "protocol": bench_protocol, "e2e": bench_e2e}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
+    parser.add_argument("section", choices=[*SECTIONS, "report"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--block", type=int, default=5)
+    parser.add_argument("--k", type=int, default=None)
+    parser.add_argument("--points", type=int, default=None)
+    parser.add_argument("--importance-points", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="skip JitTrace_ELBO")
+    args = parser.parse_args(argv)
+    if args.section == "report":
+        print(write_report(RESULTS, RESULTS.parent / "perf.md"))
+        return 0
+    defaults = {"scorer": (1000, 130), "scaling": (None, 100), "protocol": (5000, None)}
+    k, points = defaults.get(args.section, (None, None))
+    args.k = args.k or k
+    args.points = args.points or points
+    save(args.section, SECTIONS[args.section](args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
