@@ -63,6 +63,9 @@ def machine() -> dict:
             + ["python", "-m", "benchmarks.perf", *sys.argv[1:]]
         ),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip(),
     }
 
 
@@ -561,8 +564,10 @@ def write_report(folder: Path, out: Path) -> Path:
             "",
             f"{protocol['setup']}; data: {protocol['data']}.",
             "",
-            _machine_line(protocol) + ". This run started at 01:26 UTC with the scorer of commit "
-            "607163c (trace-free, 32,768 rows), before the Bernoulli summation change of 568db34.",
+            _machine_line(protocol) + "."
+            + (" This run started at 01:26 UTC with the scorer of commit 607163c (trace-free, 32,768 "
+               "rows), before the Bernoulli summation change of 568db34."
+               if protocol["machine"]["utc"].startswith("2026-11-24 0") else ""),
             "",
             f"- wall time: {protocol['wall_seconds']:.0f} s ({protocol['wall_seconds'] / 60:.1f} min) for "
             f"{protocol['points_done']:,} of the 10,000 images"
