@@ -559,6 +559,9 @@ def write_report(folder: Path, out: Path) -> Path:
     protocol = read("protocol")
     if protocol:
         finished = protocol["points_done"] == 10000
+        ends = [block["wall_seconds"] for block in protocol["blocks"]]
+        loads = ", ".join(f"{block['load_average'][0]:.1f}" for block in protocol["blocks"])
+        block_seconds = ", ".join(f"{end - begin:.0f}" for begin, end in zip([0.0, *ends], ends))
         lines += [
             "### Full protocol: K=5000 on the 10,000 test images",
             "",
@@ -574,9 +577,8 @@ def write_report(folder: Path, out: Path) -> Path:
             + ("" if finished else f" (run stopped there; at that rate all 10,000 take "
                f"{10000 * protocol['wall_seconds'] / protocol['points_done'] / 60:.0f} min)")
             + f", {protocol['throughput']:,.0f} points x samples / s (plus {protocol['load_seconds']:.0f} s loading MNIST)",
-            f"- 1-minute load average at the end of each block of 1,000 images: "
-            f"{', '.join(f'{b['load_average'][0]:.1f}' for b in protocol['blocks'])} (seconds per block: "
-            f"{', '.join(f'{t1 - t0:.0f}' for t0, t1 in zip([0.0] + [b['wall_seconds'] for b in protocol['blocks']], [b['wall_seconds'] for b in protocol['blocks']]))})",
+            f"- 1-minute load average at the end of each block of 1,000 images: {loads} (seconds per "
+            f"block: {block_seconds})",
             f"- peak resident memory: {protocol['peak_rss_gib']:.2f} GiB; target <= 2 GiB: "
             f"{_verdict(protocol['peak_rss_gib'] <= 2.0)}",
             "",
