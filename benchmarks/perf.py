@@ -59,7 +59,7 @@ def machine() -> dict:
         "load_average": os.getloadavg(),
         "utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "command": " ".join(
-            [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] * ("OMP_NUM_THREADS" in os.environ)
+            ([f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if "OMP_NUM_THREADS" in os.environ else [])
             + ["python", "-m", "benchmarks.perf", *sys.argv[1:]]
         ),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -411,13 +411,14 @@ def _machine_line(result: dict) -> str:
 
 def _summary(read) -> list[str]:
     rows = []
-    svi = read("svi")
-    if svi:
+    for svi in (r for r in (read("svi"), read("svi_threads2")) if r):
+        threads = svi["machine"]["torch_threads"]
         for adam in ("fused", "default"):
             r = svi["results"].get(adam, {}).get("zoo")
             if r:
                 rows.append(
-                    f"| SVI step <= 1.05x hand-written ({adam} Adam on both sides) | wall {r['wall']['ratio']:.3f}x, "
+                    f"| SVI step <= 1.05x hand-written ({adam} Adam on both sides, {threads} thread"
+                    f"{'s' * (threads > 1)}) | wall {r['wall']['ratio']:.3f}x, "
                     f"CPU {r['cpu']['ratio']:.3f}x | {_verdict(max(r['wall']['ratio'], r['cpu']['ratio']) <= 1.05)} |"
                 )
     scorer = read("scorer")
@@ -489,9 +490,11 @@ def write_report(folder: Path, out: Path) -> Path:
         "  Independent), about 1 ms per step on this loaded machine.",
         "",
     ]
-    svi = read("svi")
-    if svi:
-        lines += ["## 1. SVI step", "", svi["setup"] + ".", "", _machine_line(svi) + ".", ""]
+    svi_runs = [r for r in (read("svi"), read("svi_threads2")) if r]
+    if svi_runs:
+        lines += ["## 1. SVI step", ""]
+    for svi in svi_runs:
+        lines += [svi["setup"] + ".", "", _machine_line(svi) + ".", ""]
         lines += [
             "Variants: `hand` hand-written PyTorch step (same networks, one reparameterized draw,",
             "Monte Carlo KL, BCE-with-logits); `zoo` what `fit` runs now (objective `trace_elbo`,",
