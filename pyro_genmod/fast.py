@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions.util import scale_and_mask, sum_rightmost
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent
@@ -150,7 +151,13 @@ def _runs_contract_programs(model, guide) -> bool:
     from pyro_genmod.guides.base import Guide
     from pyro_genmod.models.base import GenerativeModel
 
-    return type(model).forward is GenerativeModel.forward and type(guide).forward is Guide.forward
+    # Any active Pyro handler (a user's poutine.scale or mask, say) must see every site, which
+    # the direct computation bypasses: then the scoring messengers are used instead.
+    return (
+        not _PYRO_STACK
+        and type(model).forward is GenerativeModel.forward
+        and type(guide).forward is Guide.forward
+    )
 
 
 def _contract_densities(model, guide, x: Tensor) -> tuple[Tensor, Tensor]:

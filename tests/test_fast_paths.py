@@ -180,3 +180,25 @@ def test_validation_is_off_only_inside_the_fast_path():
     assert Distribution._validate_args == before
     with pytest.raises(ValueError):  # outside, a bad scale is still refused
         dist.Normal(torch.zeros(2), -torch.ones(2), validate_args=None if before else True)
+
+
+def test_outer_pyro_handlers_are_honoured_by_the_fast_loss():
+    """A user's poutine.scale around the loss reaches every site, as it would in Trace_ELBO."""
+    import pyro
+    from pyro import poutine
+
+    from pyro_genmod import fast
+
+    torch.manual_seed(0)
+    model = pg.create_model("vae", (1, 4, 4), latent_dim=3, hidden=(8,))
+    guide = pg.create_guide("mean_field", model, hidden=(8,))
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.5))
+    with poutine.scale(scale=0.25):
+        torch.manual_seed(1)
+        fast_loss = fast.elbo_loss(model, guide, x)
+        torch.manual_seed(1)
+        pyro_loss = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, x)
+    torch.manual_seed(1)
+    unscaled = fast.elbo_loss(model, guide, x)
+    assert float(fast_loss) == pytest.approx(float(pyro_loss), rel=1e-5)
+    assert float(fast_loss) == pytest.approx(0.25 * float(unscaled), rel=1e-5)
