@@ -7,6 +7,10 @@ per-point importance-sampled log-likelihood, its standard error and PSIS k-hat.
 
 __version__ = "0.1.0"
 
+from ._layout import attach_sibling_packages
+
+attach_sibling_packages(__name__)
+
 from ._registry import (
     create_guide,
     create_model,
