@@ -134,10 +134,11 @@ class AmortizedGuide(Guide):
 
     def posterior_from(self, params: Tensor) -> dict[str, Distribution]:
         """q(z|x) for each site from the parameters :meth:`variational_parameters` returns."""
-        result = {}
-        for site, chunk in zip(self.latent_sites, params.split(self.sizes, dim=-1)):
-            result[site.name] = onto_site(self.flat_posterior(site, chunk), site)
-        return result
+        chunks = params.split(self.sizes, dim=-1) if len(self.sizes) > 1 else (params,)
+        return {
+            site.name: onto_site(self.flat_posterior(site, chunk), site)
+            for site, chunk in zip(self.latent_sites, chunks)
+        }
 
     def flat_posterior(self, site: LatentSite, params: Tensor) -> Distribution:
         """q over ``site``'s flat unconstrained vector; flow guides add their transforms here."""

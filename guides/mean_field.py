@@ -30,5 +30,5 @@ class MeanField(AmortizedGuide):
         return 2 * size
 
     def site_distribution(self, params: Tensor, size: int) -> dist.Distribution:
-        loc, raw_scale = params.split(size, dim=-1)
+        loc, raw_scale = params.chunk(2, dim=-1)  # (size, size): chunk is split without its Python wrapper
         return dist.Normal(loc, softplus_scale(raw_scale)).to_event(1)

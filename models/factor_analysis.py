@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_genmod._registry import register_model
+from pyro_genmod.distributions import standard_normal
 from pyro_genmod.latents import LatentSite
 
 from .base import GenerativeModel
@@ -61,8 +62,7 @@ class FactorAnalysis(GenerativeModel):
         return (2 * self.log_noise_scale).exp().expand(self.loc.shape)
 
     def prior(self) -> dict[str, Tensor]:
-        loc = self.loc.new_zeros(self.latent_dim)
-        return {"z": pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))}
+        return {"z": pyro.sample("z", standard_normal(self.latent_dim, like=self.loc))}
 
     def likelihood(self, latents: dict[str, Tensor]) -> dist.Distribution:
         mean = self.loc + latents["z"] @ self.weight.T

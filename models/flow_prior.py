@@ -11,6 +11,7 @@ from pyro.distributions import transforms as T
 from torch import Tensor, nn
 
 from pyro_genmod._registry import register_model
+from pyro_genmod.distributions import standard_normal
 
 from .vae import VAE
 
@@ -71,7 +72,7 @@ class FlowPrior(VAE):
         self.register_buffer("permutations", torch.stack([torch.randperm(d) for _ in layers]))
 
     def prior(self) -> dict[str, Tensor]:
-        base = dist.Normal(self._zero.expand(self.latent_dim), 1.0).to_event(1)
+        base = standard_normal(self.latent_dim, like=self._zero)
         if self.flow_kind == "maf":
             parts = [t.inv for t in self.flows]
         else:

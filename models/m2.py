@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_genmod._registry import register_guide, register_model
+from pyro_genmod.distributions import standard_normal
 from pyro_genmod.errors import ConfigError
 from pyro_genmod.guides.base import Guide
 from pyro_genmod.latents import LatentSite
@@ -106,7 +107,7 @@ class M2(GenerativeModel):
             return float((self.classify(x).argmax(-1) == labels).float().mean())
 
     def _sample_z(self) -> Tensor:
-        return pyro.sample("z", dist.Normal(self.label_logits.new_zeros(self.latent_dim), 1.0).to_event(1))
+        return pyro.sample("z", standard_normal(self.latent_dim, like=self.label_logits))
 
     def prior(self) -> dict[str, Tensor]:
         return {"y": pyro.sample("y", dist.Categorical(logits=self.label_logits)), "z": self._sample_z()}

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_genmod._registry import register_model
+from pyro_genmod.distributions import standard_normal
 from pyro_genmod.latents import LatentSite
 from pyro_genmod.likelihoods import create_likelihood
 from pyro_genmod.nn import ACTIVATIONS, mlp
@@ -151,9 +152,7 @@ class VAE(GenerativeModel):
         return make_decoder(in_features=in_features, observation=self.observation, **self.decoder_options)
 
     def prior(self) -> dict[str, Tensor]:
-        loc = self._zero.expand(self.latent_dim)
-        z = pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
-        return {"z": z}
+        return {"z": pyro.sample("z", standard_normal(self.latent_dim, like=self._zero))}
 
     def likelihood(self, latents: dict[str, Tensor]) -> dist.Distribution:
         return self.observation(self.decoder(latents["z"]))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyro_genmod._registry import register_model
+from pyro_genmod.distributions import standard_normal
 from pyro_genmod.latents import LatentSite
 from pyro_genmod.likelihoods import create_likelihood
 from pyro_genmod.nn import mlp
@@ -72,7 +73,7 @@ class TwoLayerVAE(GenerativeModel):
         self.register_buffer("_zero", torch.zeros(()))
 
     def prior(self) -> dict[str, Tensor]:
-        z2 = pyro.sample("z2", dist.Normal(self._zero.expand(self.latent_dims[1]), 1.0).to_event(1))
+        z2 = pyro.sample("z2", standard_normal(self.latent_dims[1], like=self._zero))
         loc, raw_scale = self.top(z2).chunk(2, dim=-1)
         z1 = pyro.sample("z1", dist.Normal(loc, F.softplus(raw_scale) + 1e-4).to_event(1))
         return {"z1": z1, "z2": z2}

@@ -202,3 +202,46 @@ def test_outer_pyro_handlers_are_honoured_by_the_fast_loss():
     unscaled = fast.elbo_loss(model, guide, x)
     assert float(fast_loss) == pytest.approx(float(pyro_loss), rel=1e-5)
     assert float(fast_loss) == pytest.approx(0.25 * float(unscaled), rel=1e-5)
+
+
+def test_standard_normal_prior_is_normal_zero_one():
+    """The cheaper prior log-density is Normal(0, 1)'s, for every shape a plate can give it,
+    and torch's KL registry (TraceMeanField_ELBO's closed form) still sees a Normal."""
+    from pyro_genmod.distributions import StandardNormal, standard_normal
+
+    reference = dist.Normal(torch.zeros(4), torch.ones(4)).to_event(1)
+    prior = standard_normal(4)
+    z = torch.randn(3, 5, 4)
+    torch.testing.assert_close(prior.log_prob(z), reference.log_prob(z), rtol=1e-6, atol=1e-6)
+    expanded = prior.expand((5,))
+    assert isinstance(expanded.base_dist, StandardNormal) and expanded.batch_shape == (5,)
+    torch.testing.assert_close(expanded.log_prob(z), reference.expand((5,)).log_prob(z), rtol=1e-6, atol=1e-6)
+    assert StandardNormal((4,)).log_prob(torch.tensor(0.5)).shape == (4,)  # a scalar broadcasts
+    q = dist.Normal(torch.randn(4), torch.rand(4) + 0.5).to_event(1)
+    torch.testing.assert_close(
+        torch.distributions.kl_divergence(q, prior), torch.distributions.kl_divergence(q, reference)
+    )
+    assert standard_normal(4) is standard_normal((4,))  # one cached object per shape, dtype, device
+    assert standard_normal(4, like=torch.zeros((), dtype=torch.float64)).base_dist.loc.dtype == torch.float64
+
+
+def test_rsample_with_log_prob_is_rsample_then_log_prob():
+    """The eps-form log q(z) for a Normal: the same draw, value and gradient as rsample + log_prob."""
+    loc = torch.randn(6, 3, requires_grad=True)
+    raw = torch.randn(6, 3, requires_grad=True)
+    results = []
+    for direct in (True, False):
+        q = dist.Normal(loc, torch.nn.functional.softplus(raw)).to_event(1)
+        torch.manual_seed(3)
+        if direct:
+            z, log_q = fast.rsample_with_log_prob(q)
+        else:
+            z = q.rsample()
+            log_q = q.log_prob(z)
+        grads = torch.autograd.grad((z.sum() + log_q.sum()), (loc, raw))
+        results.append((z.detach(), log_q.detach(), grads))
+    (z1, lq1, g1), (z2, lq2, g2) = results
+    assert torch.equal(z1, z2)
+    torch.testing.assert_close(lq1, lq2, rtol=1e-6, atol=1e-6)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
