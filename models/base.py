@@ -65,6 +65,11 @@ class GenerativeModel(nn.Module):
         """p(x | z) with event shape ``data_shape``."""
         raise NotImplementedError
 
+    def likelihood_log_prob(self, latents: dict[str, Tensor], x: Tensor) -> Tensor:
+        """log p(x | z) per data point: ``likelihood(latents).log_prob(x)``. A model may compute
+        it without building the distribution; the trace-free training step calls it."""
+        return self.likelihood(latents).log_prob(x)
+
     def validate_labels(self, y: Tensor, num: int, what: str = "labels") -> None:
         """Raise :class:`DataError` unless ``y`` holds ``num`` class indices (-1: unknown, where allowed)."""
         name = self.registry_name

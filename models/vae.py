@@ -156,3 +156,8 @@ class VAE(GenerativeModel):
 
     def likelihood(self, latents: dict[str, Tensor]) -> dist.Distribution:
         return self.observation(self.decoder(latents["z"]))
+
+    def likelihood_log_prob(self, latents: dict[str, Tensor], x: Tensor) -> Tensor:
+        if type(self).likelihood is not VAE.likelihood:  # a subclass with its own p(x | z)
+            return super().likelihood_log_prob(latents, x)
+        return self.observation.log_prob(self.decoder(latents["z"]), x)

@@ -80,3 +80,6 @@ class TwoLayerVAE(GenerativeModel):
 
     def likelihood(self, latents: dict[str, Tensor]) -> dist.Distribution:
         return self.observation(self.decoder(latents["z1"]))
+
+    def likelihood_log_prob(self, latents: dict[str, Tensor], x: Tensor) -> Tensor:
+        return self.observation.log_prob(self.decoder(latents["z1"]), x)

@@ -205,9 +205,16 @@ def _contract_types(model_type: type, guide_type: type) -> bool:
     return model_type.forward is GenerativeModel.forward and guide_type.forward is Guide.forward
 
 
+@functools.lru_cache(maxsize=256)
+def _computes_likelihood_log_prob(model_type: type) -> bool:
+    from pyro_genmod.models.base import GenerativeModel
+
+    return model_type.likelihood_log_prob is not GenerativeModel.likelihood_log_prob
+
+
 def _contract_densities(model, guide, x: Tensor) -> tuple[Tensor, Tensor]:
     """One particle straight from the contracts: z ~ ``guide.posterior(x)`` by ``rsample``, then
-    ``model.prior()`` with z replayed and ``model.likelihood(z).log_prob(x)``: the sums the two
+    ``model.prior()`` with z replayed and ``model.likelihood_log_prob(z, x)``: the sums the two
     ``forward`` programs would record, without a plate, a sample statement per site or ``expand``."""
     latents, log_q = {}, 0.0
     for name, q in guide.posterior(x).items():
@@ -220,7 +227,11 @@ def _contract_densities(model, guide, x: Tensor) -> tuple[Tensor, Tensor]:
     prior = _Score(replay=latents, strict=True)
     with prior:
         values = model.prior()
-    return _add(prior.total, _log_prob(model.likelihood(values), x)), torch.as_tensor(log_q)
+    if _computes_likelihood_log_prob(type(model)):  # without building the distribution
+        log_lik = model.likelihood_log_prob(values, x)
+    else:
+        log_lik = _log_prob(model.likelihood(values), x)
+    return _add(prior.total, log_lik), torch.as_tensor(log_q)
 
 
 def elbo_loss(model, guide, x: Tensor, num_particles: int = 1) -> Tensor:
