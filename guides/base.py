@@ -62,6 +62,15 @@ class Guide(nn.Module):
         """q(z|x) for each latent site."""
         raise NotImplementedError
 
+    def sample_with_log_prob(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """One reparameterized draw z ~ q(z|x) per point and log q(z|x) per point: the guide's
+        side of Trace_ELBO, which the trace-free training step computes. The default draws each
+        site of :meth:`posterior`; a family may compute it without building the distributions.
+        Raises :class:`~pyro_genmod.fast.FastPathUnsupported` for a site without ``rsample``."""
+        from pyro_genmod.fast import posterior_draws
+
+        return posterior_draws(self.posterior(x), x)
+
 
 def unconstraining(site: LatentSite) -> tuple[tuple[int, ...], Transform | None]:
     """The unconstrained shape of ``site`` and the transform from it to the site's support.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import pyro
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
@@ -77,8 +76,8 @@ class Autoencoder(VAE):
         self.register_buffer("code_loc", torch.zeros(self.latent_dim))
         self.register_buffer("code_scale", torch.ones(self.latent_dim))
 
-    def prior(self) -> dict[str, Tensor]:
-        return {"z": pyro.sample("z", FlatCode(self.code_loc, self.code_scale))}
+    def prior_distributions(self) -> dict[str, TorchDistribution]:
+        return {"z": FlatCode(self.code_loc, self.code_scale)}
 
     def fit_code_distribution(self, codes: Tensor) -> None:
         """Set the reference code distribution to the per-dimension mean and std of ``codes``."""

@@ -18,8 +18,10 @@ __all__ = ["GenerativeModel", "LabelFeed", "takes_labels", "with_labels", "train
 class GenerativeModel(nn.Module):
     """A latent-variable model p(x, z) = p(z) p(x|z) written as a Pyro model.
 
-    Subclasses set ``latent_sites`` and implement :meth:`prior` (sample every latent site) and
-    :meth:`likelihood` (the distribution of the observed site ``"x"`` given the latents). Both
+    Subclasses set ``latent_sites`` and implement :meth:`prior_distributions` (p(z) site by
+    site, for sites independent a priori) or :meth:`prior` (sample every latent site, for a
+    hierarchy), and :meth:`likelihood` (the distribution of the observed site ``"x"`` given the
+    latents). Both
     run inside ``pyro.plate("data", N)`` at dim -1, so every site is local to a data point.
     Called without data, the model draws ``num_samples`` new points.
 
@@ -58,8 +60,17 @@ class GenerativeModel(nn.Module):
             return pyro.sample("x", self.likelihood(latents), obs=x)
 
     def prior(self) -> dict[str, Tensor]:
-        """Sample every latent site from p(z); return ``{site name: value}``."""
-        raise NotImplementedError
+        """Sample every latent site from p(z); return ``{site name: value}``.
+
+        By default each site is drawn from its :meth:`prior_distributions` entry; a model whose
+        sites depend on each other (a hierarchy) overrides this method instead.
+        """
+        return {name: pyro.sample(name, d) for name, d in self.prior_distributions().items()}
+
+    def prior_distributions(self) -> dict[str, Distribution]:
+        """p(z) as one distribution per latent site, for a prior whose sites are independent.
+        The trace-free training step scores these directly."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither prior() nor prior_distributions()")
 
     def likelihood(self, latents: dict[str, Tensor]) -> Distribution:
         """p(x | z) with event shape ``data_shape``."""

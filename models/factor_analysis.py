@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from math import prod
 
-import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
@@ -61,8 +60,8 @@ class FactorAnalysis(GenerativeModel):
         """The diagonal of Psi, shape ``(D,)``."""
         return (2 * self.log_noise_scale).exp().expand(self.loc.shape)
 
-    def prior(self) -> dict[str, Tensor]:
-        return {"z": pyro.sample("z", standard_normal(self.latent_dim, like=self.loc))}
+    def prior_distributions(self) -> dict[str, dist.Distribution]:
+        return {"z": standard_normal(self.latent_dim, like=self.loc)}
 
     def likelihood(self, latents: dict[str, Tensor]) -> dist.Distribution:
         mean = self.loc + latents["z"] @ self.weight.T

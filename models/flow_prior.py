@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import transforms as T
-from torch import Tensor, nn
+from torch import nn
 
 from pyro_genmod._registry import register_model
 from pyro_genmod.distributions import standard_normal
@@ -71,7 +70,7 @@ class FlowPrior(VAE):
         # Coupling layers transform half the dimensions; permute between them (a saved buffer).
         self.register_buffer("permutations", torch.stack([torch.randperm(d) for _ in layers]))
 
-    def prior(self) -> dict[str, Tensor]:
+    def prior_distributions(self) -> dict[str, dist.Distribution]:
         base = standard_normal(self.latent_dim, like=self._zero)
         if self.flow_kind == "maf":
             parts = [t.inv for t in self.flows]
@@ -80,4 +79,4 @@ class FlowPrior(VAE):
             for i, layer in enumerate(self.flows):
                 parts += [T.Permute(self.permutations[i])] if i > 0 else []
                 parts.append(layer)
-        return {"z": pyro.sample("z", dist.TransformedDistribution(base, parts))}
+        return {"z": dist.TransformedDistribution(base, parts)}

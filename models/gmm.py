@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from math import prod
 
-import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
@@ -66,8 +65,8 @@ class GaussianMixture(GenerativeModel):
         """Cholesky factors L_k of the component covariances, shape ``(C, D, D)``."""
         return transform_to(constraints.lower_cholesky)(self.raw_scale_tril)
 
-    def prior(self) -> dict[str, Tensor]:
-        return {"k": pyro.sample("k", dist.Categorical(logits=self.mixture_logits))}
+    def prior_distributions(self) -> dict[str, dist.Distribution]:
+        return {"k": dist.Categorical(logits=self.mixture_logits)}
 
     def likelihood(self, latents: dict[str, Tensor]) -> dist.Distribution:
         k = latents["k"]

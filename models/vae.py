@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
@@ -151,8 +150,8 @@ class VAE(GenerativeModel):
         """A decoder of the configured kind from ``in_features`` inputs to the likelihood."""
         return make_decoder(in_features=in_features, observation=self.observation, **self.decoder_options)
 
-    def prior(self) -> dict[str, Tensor]:
-        return {"z": pyro.sample("z", standard_normal(self.latent_dim, like=self._zero))}
+    def prior_distributions(self) -> dict[str, dist.Distribution]:
+        return {"z": standard_normal(self.latent_dim, like=self._zero)}
 
     def likelihood(self, latents: dict[str, Tensor]) -> dist.Distribution:
         return self.observation(self.decoder(latents["z"]))

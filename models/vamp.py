@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions.torch_distribution import TorchDistribution
@@ -107,5 +105,5 @@ class VampPrior(VAE):
         loc, raw_scale = self.prior_encoder(u.reshape(self.num_pseudo, -1)).chunk(2, dim=-1)
         return loc, F.softplus(raw_scale) + 1e-4
 
-    def prior(self) -> dict[str, Tensor]:
-        return {"z": pyro.sample("z", DiagonalGaussianMixture(*self.components()))}
+    def prior_distributions(self) -> dict[str, TorchDistribution]:
+        return {"z": DiagonalGaussianMixture(*self.components())}

@@ -31,7 +31,16 @@ from torch.distributions.utils import broadcast_all
 from .distributions import LOG_SQRT_2PI
 from .errors import GenmodError
 
-__all__ = ["FastPathUnsupported", "log_densities", "elbo_loss", "supports_fast_elbo", "fused_adam"]
+__all__ = [
+    "FastPathUnsupported",
+    "log_densities",
+    "elbo_loss",
+    "supports_fast_elbo",
+    "fused_adam",
+    "normal_rsample_with_log_prob",
+    "rsample_with_log_prob",
+    "posterior_draws",
+]
 
 
 class FastPathUnsupported(GenmodError):
@@ -169,24 +178,43 @@ def _add(total: Tensor | float, log_p: Tensor) -> Tensor:
     return log_p if isinstance(total, float) else total + log_p
 
 
-def rsample_with_log_prob(q: Distribution) -> tuple[Tensor, Tensor]:
-    """A reparameterized draw z ~ q and log q(z).
+def normal_rsample_with_log_prob(loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """z = loc + eps * scale with eps ~ N(0, 1), and log N(z; loc, scale) elementwise.
 
-    For a Normal (or an ``Independent`` Normal) z = loc + eps * scale and the log-density is
-    written in the standard draw eps: ``-eps^2/2 - log scale - log sqrt(2 pi)``. That is the same
-    function of (loc, scale) as ``q.log_prob(loc + eps * scale)``, so the value and the gradient
-    are the same (up to float rounding), with four operations instead of eight and no
-    ``(z - loc) / scale`` round trip. The draw uses the random stream exactly as ``rsample`` does.
+    The log-density is written in the standard draw eps: ``-eps^2/2 - log scale - log sqrt(2 pi)``.
+    That is the same function of (loc, scale) as ``Normal(loc, scale).log_prob(loc + eps * scale)``,
+    so the value and the gradient are the same (up to float rounding), with four operations
+    instead of eight and no ``(z - loc) / scale`` round trip. ``eps`` is drawn by the function
+    ``Normal.rsample`` draws with (looked up where it looks it up), so the random stream is the same.
     """
+    eps = torch_normal._standard_normal(loc.shape, dtype=loc.dtype, device=loc.device)
+    return loc + eps * scale, eps.square().mul(-0.5).sub(scale.log()).sub(LOG_SQRT_2PI)
+
+
+def rsample_with_log_prob(q: Distribution) -> tuple[Tensor, Tensor]:
+    """A reparameterized draw z ~ q and log q(z); a Normal (or an ``Independent`` Normal) goes
+    through :func:`normal_rsample_with_log_prob`."""
     base, ndims = (q.base_dist, q.reinterpreted_batch_ndims) if type(q) in _INDEPENDENT else (q, 0)
-    if type(base) in _NORMAL:
-        loc, scale = base.loc, base.scale  # broadcast to the batch shape by Normal's constructor
-        # looked up where Normal.rsample looks it up, so the draw is rsample's in every respect
-        eps = torch_normal._standard_normal(loc.shape, dtype=loc.dtype, device=loc.device)
-        log_q = eps.square().mul(-0.5).sub(scale.log()).sub(LOG_SQRT_2PI)
-        return loc + eps * scale, _sum_event(log_q, ndims)
+    if type(base) in _NORMAL:  # loc and scale broadcast to the batch shape by Normal's constructor
+        z, log_q = normal_rsample_with_log_prob(base.loc, base.scale)
+        return z, _sum_event(log_q, ndims)
     z = q.rsample()
     return z, q.log_prob(z)
+
+
+def posterior_draws(posterior: dict[str, Distribution], x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """One reparameterized draw per point from each site's q(z|x), and log q summed over the
+    sites per point; raises :class:`FastPathUnsupported` for a site without ``rsample`` or not
+    batched over the points."""
+    latents, log_q = {}, 0.0
+    for name, q in posterior.items():
+        if not q.has_rsample:
+            raise FastPathUnsupported(f"site '{name}' is not reparameterized; Trace_ELBO needs its score-function term")
+        if q.batch_shape != x.shape[:1]:
+            raise FastPathUnsupported(f"guide site '{name}' has batch shape {tuple(q.batch_shape)}, not (N,)")
+        latents[name], site_log_q = rsample_with_log_prob(q)
+        log_q = _add(log_q, site_log_q)
+    return latents, torch.as_tensor(log_q)
 
 
 def _runs_contract_programs(model, guide) -> bool:
@@ -206,6 +234,14 @@ def _contract_types(model_type: type, guide_type: type) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
+def _independent_prior(model_type: type) -> bool:
+    """Whether the model's ``prior`` is the contract's: its ``prior_distributions``, site by site."""
+    from pyro_genmod.models.base import GenerativeModel
+
+    return model_type.prior is GenerativeModel.prior
+
+
+@functools.lru_cache(maxsize=256)
 def _computes_likelihood_log_prob(model_type: type) -> bool:
     from pyro_genmod.models.base import GenerativeModel
 
@@ -213,25 +249,28 @@ def _computes_likelihood_log_prob(model_type: type) -> bool:
 
 
 def _contract_densities(model, guide, x: Tensor) -> tuple[Tensor, Tensor]:
-    """One particle straight from the contracts: z ~ ``guide.posterior(x)`` by ``rsample``, then
-    ``model.prior()`` with z replayed and ``model.likelihood_log_prob(z, x)``: the sums the two
-    ``forward`` programs would record, without a plate, a sample statement per site or ``expand``."""
-    latents, log_q = {}, 0.0
-    for name, q in guide.posterior(x).items():
-        if not q.has_rsample:
-            raise FastPathUnsupported(f"site '{name}' is not reparameterized; Trace_ELBO needs its score-function term")
-        if q.batch_shape != x.shape[:1]:
-            raise FastPathUnsupported(f"guide site '{name}' has batch shape {tuple(q.batch_shape)}, not (N,)")
-        latents[name], site_log_q = rsample_with_log_prob(q)
-        log_q = _add(log_q, site_log_q)
-    prior = _Score(replay=latents, strict=True)
-    with prior:
-        values = model.prior()
+    """One particle straight from the contracts: z and log q(z|x) from
+    ``guide.sample_with_log_prob(x)``, then log p(z) (from ``model.prior_distributions()``, or
+    ``model.prior()`` run with z replayed) and ``model.likelihood_log_prob(z, x)``: the sums
+    the two ``forward`` programs would record, without a plate or a sample statement per site."""
+    latents, log_q = guide.sample_with_log_prob(x)
+    if _independent_prior(type(model)):
+        log_p = 0.0
+        for name, p in model.prior_distributions().items():
+            if name not in latents:
+                raise FastPathUnsupported(f"site '{name}' is sampled by the model but not by the guide")
+            log_p = _add(log_p, _log_prob(p, latents[name]))
+        values = latents
+    else:
+        prior = _Score(replay=latents, strict=True)
+        with prior:
+            values = model.prior()
+        log_p = prior.total
     if _computes_likelihood_log_prob(type(model)):  # without building the distribution
         log_lik = model.likelihood_log_prob(values, x)
     else:
         log_lik = _log_prob(model.likelihood(values), x)
-    return _add(prior.total, log_lik), torch.as_tensor(log_q)
+    return _add(log_p, log_lik), log_q
 
 
 def elbo_loss(model, guide, x: Tensor, num_particles: int = 1) -> Tensor:

@@ -267,3 +267,31 @@ def test_likelihood_log_prob_is_the_likelihoods_log_prob(model_name, likelihood)
     assert direct.shape == (5,)
     # the same float32 terms summed over 64 pixels in another order (values up to ~1e2)
     torch.testing.assert_close(direct, model.likelihood(latents).log_prob(x), rtol=1e-6, atol=1e-4)
+
+
+def _models_with_mean_field() -> list[str]:
+    return [name for name in pg.list_models() if pg._registry.pairing_problem("mean_field", pg.create_model(name, SHAPE)) is None]
+
+
+@pytest.mark.parametrize("model_name", _models_with_mean_field())
+def test_fast_elbo_equals_trace_elbo_for_every_model(model_name):
+    """Each model's fast route (prior_distributions scored directly, or prior() replayed; the
+    model's likelihood_log_prob) gives Trace_ELBO's loss and gradients on the same draws."""
+    torch.manual_seed(0)
+    model = pg.create_model(model_name, SHAPE)
+    guide = pg.create_guide("mean_field", model)
+    x = _batch()
+    pyro_elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
+    reference = _loss_and_grads(pyro_elbo.differentiable_loss, model, guide, x, seed=7)
+    _assert_same(_loss_and_grads(fast.elbo_loss, model, guide, x, seed=7), reference)
+
+
+def test_default_prior_samples_prior_distributions():
+    """A model that gives prior_distributions gets prior(): one sample site per entry."""
+    model = pg.create_model("vae", SHAPE, latent_dim=3)
+    with poutine.trace() as tr, pyro.plate("data", 4):
+        values = model.prior()
+    assert set(values) == {"z"} and values["z"].shape == (4, 3)
+    assert tr.trace.nodes["z"]["fn"].base_dist.batch_shape == (4, 3)
+    with pytest.raises(NotImplementedError, match="prior_distributions"):
+        pg.models.base.GenerativeModel((2,)).prior()
