@@ -1,4 +1,4 @@
-"""Distributions the models share: the standard Normal prior p(z) = N(0, I)."""
+"""Distributions the models share: the standard Normal prior p(z) = N(0, I); ``Independent``'s event sum."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-__all__ = ["StandardNormal", "standard_normal"]
+__all__ = ["StandardNormal", "standard_normal", "sum_event"]
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -53,6 +53,13 @@ class StandardNormal(dist.Normal):
         if value.shape[max(0, value.dim() - len(batch)) :] == batch:  # the usual case, checked cheaply
             return log_p
         return log_p.expand(torch.broadcast_shapes(value.shape, batch))
+
+
+def sum_event(log_p: Tensor, ndims: int) -> Tensor:
+    """Sum the rightmost ``ndims`` dimensions: ``Independent``'s reduction, without its reshape."""
+    if ndims == 1:
+        return log_p.sum(-1)
+    return log_p.sum(tuple(range(-ndims, 0))) if ndims else log_p
 
 
 def standard_normal(event_shape: int | Sequence[int], like: Tensor | None = None) -> dist.Distribution:

@@ -12,6 +12,8 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from .distributions import sum_event
+
 __all__ = [
     "Likelihood",
     "Bernoulli",
@@ -21,6 +23,7 @@ __all__ = [
     "DiscretizedLogisticDistribution",
     "create_likelihood",
     "LIKELIHOODS",
+    "bernoulli_logits_log_prob",
 ]
 
 
@@ -59,6 +62,16 @@ class Likelihood(nn.Module):
         return None
 
 
+def bernoulli_logits_log_prob(logits: Tensor, value: Tensor, event_dims: int) -> Tensor:
+    """``Bernoulli(logits).to_event(event_dims).log_prob(value)`` without building it: the
+    elementwise log-density is -BCE-with-logits; the sum over the event is negated once
+    (bit-identical to negating each term, one full-size pass cheaper)."""
+    if logits.shape != value.shape:
+        logits, value = torch.broadcast_tensors(logits, value)
+    bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+    return -sum_event(bce, event_dims)
+
+
 class Bernoulli(Likelihood):
     """Independent Bernoulli pixels with logits from the decoder; for binary data."""
 
@@ -68,12 +81,8 @@ class Bernoulli(Likelihood):
         return dist.Bernoulli(logits=self._reshape(out), validate_args=False).to_event(len(self.data_shape))
 
     def log_prob(self, out: Tensor, x: Tensor) -> Tensor:
-        # Bernoulli(logits).log_prob(x) is -BCE-with-logits elementwise; summed over the flat
-        # pixels, negated once (bit-identical to negating each term, one full-size pass cheaper).
-        target = x.reshape(*x.shape[: x.dim() - len(self.data_shape)], self.size)
-        if target.shape != out.shape:
-            out, target = torch.broadcast_tensors(out, target)
-        return -F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(-1)
+        # over the flat pixels: the decoder output as it is, x flattened
+        return bernoulli_logits_log_prob(out, x.reshape(*x.shape[: x.dim() - len(self.data_shape)], self.size), 1)
 
     def data_problem(self, x: Tensor) -> str | None:
         if not bool(((x == 0) | (x == 1)).all()):
