@@ -23,7 +23,7 @@ from pathlib import Path
 __all__: list[str] = []
 
 RESULTS = Path(__file__).parent / "results"
-MNIST_ROOT = os.environ.get("GENMOD_MNIST_ROOT", "/work/shared/data")
+MNIST_ROOT = os.environ.get("GENMOD_DATA_ROOT") or str(Path(__file__).resolve().parents[2] / "shared" / "data")  # ../shared/data
 CONFIGS = ((1, 1), (1, 2), (2, 1))  # (processes, threads per process); 2 x 1 fills 2 cores
 
 

@@ -40,7 +40,7 @@ from pyro_genmod.train import parameters
 __all__: list[str] = []
 
 RESULTS = Path(__file__).parent / "results" / "perf"
-MNIST_ROOT = os.environ.get("GENMOD_MNIST_ROOT", "/work/shared/data")
+MNIST_ROOT = os.environ.get("GENMOD_DATA_ROOT") or str(Path(__file__).resolve().parents[2] / "shared" / "data")  # ../shared/data
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -531,7 +531,7 @@ def write_report(folder: Path, out: Path) -> Path:
         "  guide that fits the VAE and for every model that takes the mean-field guide, vectorized",
         "  particles, the fallback, the objective `fit` calls, and each shortcut on its own",
         "  (`StandardNormal`, the eps-form draw, every model's `likelihood_log_prob`).",
-        "- `fit` builds its Adam with the fused kernel where torch has one (`fast.fused_adam`).",
+        "- `fit` builds its Adam with the fused kernel where torch has one (`optim.create_optimizer`).",
         "- `log_importance_weights` (the scorer, IWAE, evaluation ELBO) uses the same messenger",
         "  instead of `poutine.trace` + `replay`; the test compares it with the traced computation.",
         "  The independent-Bernoulli log-density is summed before it is negated (bit-identical).",
@@ -687,7 +687,7 @@ def write_report(folder: Path, out: Path) -> Path:
         "## 4. Devices",
         "",
         "No GPU was lent to this session, so no GPU numbers are recorded. The library never assumes",
-        "one: `fit` trains where the model is (or on `device=`), `fused_adam` falls back to the plain",
+        "one: `fit` trains where the model is (or on `device=`), `optim.create_optimizer` falls back to the plain",
         "Adam loop where a device has no fused kernel, and the scorer forks the RNG of the device it",
         "runs on. `python -m benchmarks.perf svi --device cuda` and `scorer --device cuda` run the",
         "same benchmarks on a GPU.",

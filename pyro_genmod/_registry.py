@@ -173,6 +173,11 @@ def create_guide(name: str, model, **kwargs):
     return guide
 
 
+def dataset_loader(name: str):
+    """The function registered for dataset ``name``."""
+    return _lookup(_DATASETS, "dataset", name)
+
+
 def load_registered_dataset(name: str, **kwargs):
     loader = _lookup(_DATASETS, "dataset", name)
     _check_options(loader, "dataset", name, kwargs, skip=0)

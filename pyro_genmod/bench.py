@@ -388,9 +388,18 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _loader_parameters(name: str) -> set[str]:
+    import inspect
+
+    from ._registry import dataset_loader
+
+    return set(inspect.signature(dataset_loader(name)).parameters)
+
+
 def run_bench(
     config: str | Path | BenchConfig, *, results_dir: str | Path | None = None,
     retry_failed: bool = False, progress: bool = True, only: str | None = None,
+    data_root: str | Path | None = None,
 ) -> list[dict]:
     """Run every cell of a benchmark grid that has no result yet; return all rows as saved (strings).
 
@@ -401,6 +410,8 @@ def run_bench(
     A cell that raises is recorded as ``failed`` with its error and the grid carries on;
     ``retry_failed`` runs such cells again. ``only`` keeps the cells whose id contains it, so
     that separate processes can share a grid (each merges its rows into the files on writing).
+    ``data_root`` is the folder of downloaded datasets (the ``root`` option of every dataset that
+    takes one; otherwise ``$GENMOD_DATA_ROOT``), so configs hold no machine's paths.
     """
     config = config if isinstance(config, BenchConfig) else load_config(config)
     results = Path(results_dir) if results_dir is not None else config.folder("results_dir", "results")
@@ -426,7 +437,9 @@ def run_bench(
         }
         try:
             if cell.dataset not in datasets:
-                options = config.raw.get("datasets", {}).get(cell.dataset, {})
+                options = dict(config.raw.get("datasets", {}).get(cell.dataset, {}))
+                if data_root is not None and "root" in _loader_parameters(cell.dataset):
+                    options["root"] = data_root
                 datasets[cell.dataset] = load_dataset(cell.dataset, **options)
             slug = cell.id.replace("/", "__")
             row.update(run_cell(cell, config, datasets[cell.dataset], runs / slug, progress))

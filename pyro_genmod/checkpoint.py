@@ -303,7 +303,7 @@ class Checkpointer:
             epoch=int(progress["epoch"]), step=int(progress["step"]), epoch_loss=float(progress["epoch_loss"]),
             seconds=float(progress["seconds"]), history=list(progress["history"]), best_epoch=progress["best_epoch"],
             best_value=float(progress["best_value"]), order=ckpt.tensors.get("order"),
-            last_good=states("last_good"), best=states("best"),
+            last_good=states("last_good"), best=states("best"), schedule=progress.get("schedule"),
         )
 
 
@@ -321,3 +321,4 @@ class Resumed:
     order: Tensor | None
     last_good: tuple[dict, dict] | None
     best: tuple[dict, dict] | None
+    schedule: dict | None = None

@@ -104,6 +104,16 @@ def _check_resume_args(args) -> None:
         raise ConfigError(f"--resume continues the run with the options in its checkpoint; drop {flags}")
 
 
+def _recipe_options(args) -> dict:
+    """The optimizer, schedule and clipping options of ``genmod train`` (absent when default)."""
+    recipe = dict(
+        optimizer=args.optimizer, optimizer_options=dict(args.optimizer_opt or []) or None,
+        lr_schedule=args.lr_schedule, lr_schedule_options=dict(args.lr_schedule_opt or []) or None,
+        clip_grad_norm=args.clip_grad_norm,
+    )
+    return {k: v for k, v in recipe.items() if v is not None}
+
+
 def cmd_train(args) -> int:
     from .data import load_dataset
     from .distributed import init_distributed, launched_by_torchrun
@@ -143,6 +153,7 @@ def cmd_train(args) -> int:
                 early_stopping=args.early_stopping, progress=not args.quiet, device=args.device,
                 checkpoint_every=args.checkpoint_every, distributed=distributed,
                 beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits,
+                **_recipe_options(args),
             )
     except TrainingDiverged as error:
         print(f"genmod: {error} (last good state saved in {out})", file=sys.stderr)
@@ -204,7 +215,7 @@ def cmd_bench(args) -> int:
 
     rows = run_bench(
         args.config, results_dir=args.results_dir, retry_failed=args.retry_failed,
-        progress=not args.quiet, only=args.only,
+        progress=not args.quiet, only=args.only, data_root=args.data_root,
     )
     failed = [row["cell"] for row in rows if row.get("status") != "ok"]
     print(f"{len(rows) - len(failed)} cells ok, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
@@ -315,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--beta", type=float, default=1.0, help="weight of the KL terms (beta-VAE; default 1)")
     train.add_argument("--kl-warmup", type=int, default=0, metavar="EPOCHS", help="raise the KL weight linearly from 0 over EPOCHS")
     train.add_argument("--free-bits", type=float, default=0.0, metavar="NATS", help="KL per latent site not penalized below NATS")
+    train.add_argument("--optimizer", default=None, help="torch.optim optimizer by name (default: adam)")
+    train.add_argument("--optimizer-opt", type=_option, action="append", metavar="KEY=VALUE",
+                       help="optimizer option (JSON value), e.g. eps=1e-4")
+    train.add_argument("--lr-schedule", default=None,
+                       help="learning-rate schedule stepped every epoch: burda, constant, or a torch.optim.lr_scheduler name")
+    train.add_argument("--lr-schedule-opt", type=_option, action="append", metavar="KEY=VALUE",
+                       help="schedule option (JSON value), e.g. gamma=0.99")
+    train.add_argument("--clip-grad-norm", type=_positive_float, default=None, metavar="NORM",
+                       help="clip the global gradient norm to NORM at every step")
     train.add_argument("--latent-dim", type=_positive_int, default=None)
     train.add_argument("--likelihood", default=None)
     train.add_argument("--model-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra model option (JSON value)")
@@ -354,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--retry-failed", action="store_true", help="run cells recorded as failed again")
     bench.add_argument("--only", default=None, metavar="TEXT", help="run only the cells whose id contains TEXT")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.add_argument("--data-root", default=None, metavar="DIR",
+                       help="folder holding downloaded datasets (default: $GENMOD_DATA_ROOT, else ./data)")
     bench.set_defaults(func=cmd_bench)
 
     diag = sub.add_parser("diagnose", help="compare a run's guide with NUTS draws of p(z|x) on test points (ArviZ)")

@@ -35,7 +35,6 @@ __all__ = [
     "log_densities",
     "elbo_loss",
     "supports_fast_elbo",
-    "fused_adam",
     "normal_rsample_with_log_prob",
     "rsample_with_log_prob",
     "posterior_draws",
@@ -287,16 +286,3 @@ def supports_fast_elbo(model, guide, x: Tensor) -> bool:
         except FastPathUnsupported:
             return False
     return True
-
-
-def fused_adam(params, lr: float) -> torch.optim.Adam:
-    """``torch.optim.Adam`` with its fused kernel (one pass over every parameter per step) where
-    torch has one for the parameters' device, the plain per-tensor loop otherwise.
-
-    On the 784-400-20 VAE at batch 128 this saves about a quarter of the CPU step time; the
-    update is the same formula (see ``benchmarks/results/perf.md``).
-    """
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr)

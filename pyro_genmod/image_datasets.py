@@ -13,10 +13,17 @@ from ._registry import register_dataset
 from .data import Dataset, require_files, train_test_dataset
 from .errors import DataError
 
-__all__ = ["mnist", "fashion_mnist", "kmnist", "cifar10", "binarized_mnist", "BINARIZED_MNIST_URL"]
+__all__ = ["DATA_ROOT_ENV", "data_root", "mnist", "fashion_mnist", "kmnist", "cifar10", "binarized_mnist", "BINARIZED_MNIST_URL"]
 
+#: Environment variable naming the folder of downloaded datasets when no ``root`` is given.
+DATA_ROOT_ENV = "GENMOD_DATA_ROOT"
 BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
 _DOWNLOAD_HINT = "or pass download=True (CLI: --data-opt download=true) to fetch them"
+
+
+def data_root(root: str | os.PathLike | None) -> str:
+    """``root`` if given, else ``$GENMOD_DATA_ROOT``, else ``data`` (relative to the working folder)."""
+    return str(root) if root is not None else os.environ.get(DATA_ROOT_ENV) or "data"
 
 
 def _idx_split(name: str, class_name: str, root: str | os.PathLike, download: bool, train: bool):
@@ -40,6 +47,7 @@ def _idx_split(name: str, class_name: str, root: str | os.PathLike, download: bo
 def _mnist_like(
     name: str, class_name: str, root, download: bool, binarize: bool, num_val: int, seed: int
 ) -> Dataset:
+    root = data_root(root)
     (train, train_y), (test, test_y) = (
         _idx_split(name, class_name, root, download, train=flag) for flag in (True, False)
     )
@@ -53,7 +61,7 @@ def _mnist_like(
 
 @register_dataset("mnist")
 def mnist(
-    root: str | os.PathLike = "data", download: bool = False, binarize: bool = True,
+    root: str | os.PathLike | None = None, download: bool = False, binarize: bool = True,
     num_val: int = 10000, seed: int = 0,
 ) -> Dataset:
     """MNIST handwritten digits, 28x28, read by torchvision from ``ROOT/MNIST/raw``.
@@ -68,7 +76,8 @@ def mnist(
         | Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2015) https://arxiv.org/abs/1509.00519
 
     Arguments:
-        root: folder holding ``MNIST/raw/`` (torchvision's layout).
+        root: folder holding ``MNIST/raw/`` (torchvision's layout); default ``$GENMOD_DATA_ROOT``,
+            else ``data``.
         download: fetch the files with torchvision if they are missing.
         binarize: dynamic binarization (True) or grey levels in [0, 1] (False).
         num_val: training images held out for validation.
@@ -79,7 +88,7 @@ def mnist(
 
 @register_dataset("fashion_mnist")
 def fashion_mnist(
-    root: str | os.PathLike = "data", download: bool = False, binarize: bool = True,
+    root: str | os.PathLike | None = None, download: bool = False, binarize: bool = True,
     num_val: int = 10000, seed: int = 0,
 ) -> Dataset:
     """Fashion-MNIST clothing images, 28x28, read by torchvision from ``ROOT/FashionMNIST/raw``.
@@ -91,7 +100,7 @@ def fashion_mnist(
 
 @register_dataset("kmnist")
 def kmnist(
-    root: str | os.PathLike = "data", download: bool = False, binarize: bool = True,
+    root: str | os.PathLike | None = None, download: bool = False, binarize: bool = True,
     num_val: int = 10000, seed: int = 0,
 ) -> Dataset:
     """Kuzushiji-MNIST cursive Japanese characters, 28x28, from ``ROOT/KMNIST/raw``.
@@ -103,13 +112,14 @@ def kmnist(
 
 @register_dataset("cifar10")
 def cifar10(
-    root: str | os.PathLike = "data", download: bool = False, binarize: bool = False,
+    root: str | os.PathLike | None = None, download: bool = False, binarize: bool = False,
     num_val: int = 5000, seed: int = 0,
 ) -> Dataset:
     """CIFAR-10 colour images, 3x32x32 in [0, 1], read by torchvision from ``ROOT/cifar-10-batches-py``.
 
     Arguments:
-        root: folder holding ``cifar-10-batches-py/`` (the extracted python archive).
+        root: folder holding ``cifar-10-batches-py/`` (the extracted python archive); default
+            ``$GENMOD_DATA_ROOT``, else ``data``.
         download: fetch and extract the archive with torchvision if it is missing.
         binarize: dynamic binarization; off by default (use a Gaussian likelihood).
         num_val: training images held out for validation.
@@ -117,6 +127,7 @@ def cifar10(
     """
     import torchvision.datasets as tvd
 
+    root = data_root(root)
     if not download:
         files = [f for f, _ in tvd.CIFAR10.train_list + tvd.CIFAR10.test_list] + ["batches.meta"]
         require_files(
@@ -147,7 +158,7 @@ def _read_amat(path: Path) -> Tensor:
 
 
 @register_dataset("binarized_mnist")
-def binarized_mnist(root: str | os.PathLike = "data", download: bool = False) -> Dataset:
+def binarized_mnist(root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     """Larochelle's statically binarized MNIST (50,000 / 10,000 / 10,000), from ``ROOT/BinarizedMNIST``.
 
     The pixels were binarized once, so ``binarization`` is ``"none"``; this set overfits more
@@ -157,9 +168,11 @@ def binarized_mnist(root: str | os.PathLike = "data", download: bool = False) ->
         | The Neural Autoregressive Distribution Estimator (Larochelle & Murray, 2011) https://proceedings.mlr.press/v15/larochelle11a.html
 
     Arguments:
-        root: folder holding ``BinarizedMNIST/binarized_mnist_{train,valid,test}.amat``.
+        root: folder holding ``BinarizedMNIST/binarized_mnist_{train,valid,test}.amat``; default
+            ``$GENMOD_DATA_ROOT``, else ``data``.
         download: fetch the three files from the Toronto URL if they are missing.
     """
+    root = data_root(root)
     folder = Path(root) / "BinarizedMNIST"
     files = [f"binarized_mnist_{split}.amat" for split in ("train", "valid", "test")]
     if download:

@@ -17,10 +17,12 @@ from .annealing import KLSchedule
 from .checkpoint import Checkpointer
 from .distributed import DataParallel
 from .errors import ConfigError, DataError, TrainingDiverged
-from .fast import fused_adam
 from .latents import check_pair
 from .models.base import LabelFeed, training_labels
 from .objectives import get_objective
+from .optim import (
+    check_clip_grad_norm, create_lr_schedule, create_optimizer, load_schedule_state, schedule_state, step_schedule,
+)
 
 __all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int"]
 
@@ -69,6 +71,13 @@ def evaluate_elbo(model, guide, x: Tensor, batch_size: int = 1024) -> float:
     return total / x.shape[0]
 
 
+def _recipe_name(part):
+    """How an optimizer or schedule is recorded in the run's options (a name, JSON-able)."""
+    if part is None or isinstance(part, str):
+        return part
+    return f"{getattr(part, '__module__', '?')}.{getattr(part, '__qualname__', repr(part))}"
+
+
 def _snapshot(model, guide) -> tuple[dict, dict]:
     return copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict())
 
@@ -93,6 +102,11 @@ def fit(
     beta: float = 1.0,
     kl_warmup: int = 0,
     free_bits: float = 0.0,
+    optimizer=None,
+    optimizer_options: dict | None = None,
+    lr_schedule=None,
+    lr_schedule_options: dict | None = None,
+    clip_grad_norm: float | None = None,
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data.train`` by stochastic variational inference.
 
@@ -125,6 +139,13 @@ def fit(
             rises linearly from 0 (KL warm-up) and nats per latent site below which a site's
             KL is not penalized (free bits); see :class:`~pyro_genmod.annealing.KLSchedule`.
             They apply to any model with a Pyro ELBO objective.
+        optimizer, optimizer_options: a ``torch.optim`` class or its name (default Adam, fused
+            where torch can) and its keyword options, e.g. ``optimizer_options={"eps": 1e-4}``.
+        lr_schedule, lr_schedule_options: a learning-rate schedule stepped at the end of every
+            epoch: ``"burda"`` (Burda et al.'s 3^i epochs at ``lr * 10^(-i/7)``), ``"constant"``,
+            any ``torch.optim.lr_scheduler`` class or its name, or a function of the optimizer
+            (see :mod:`pyro_genmod.optim`).
+        clip_grad_norm: clip the global norm of the gradients to this value at every step.
 
     A label-using model (``uses_labels``, e.g. ``cvae``, ``m2``) gets ``y=data.train_labels``
     for each minibatch, and so does its guide when its ``forward`` takes ``y``.
@@ -141,6 +162,7 @@ def fit(
         check_positive_int("early_stopping", early_stopping)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"the learning rate must be a positive number, got {lr!r}")
+    clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
     check_pair(model, guide)
     loss_fn = get_objective(objective, num_particles)
     train = data.train
@@ -166,12 +188,21 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(seed)  # same data order on all ranks
     if ddp:
         ddp.broadcast_parameters((model, guide))
-    optimizer = fused_adam(parameters(model, guide), lr=lr)
+    params = parameters(model, guide)
+    optimizer_name, schedule_name = optimizer, lr_schedule
+    optimizer = create_optimizer(params, lr, optimizer, optimizer_options)
+    scheduler = create_lr_schedule(optimizer, lr_schedule, lr_schedule_options)
     options = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
         num_particles=num_particles, early_stopping=early_stopping,
         beta=beta, kl_warmup=kl_warmup, free_bits=free_bits,
     )
+    recipe = dict(
+        optimizer=_recipe_name(optimizer_name), optimizer_options=optimizer_options or None,
+        lr_schedule=_recipe_name(schedule_name), lr_schedule_options=lr_schedule_options or None,
+        clip_grad_norm=clip_grad_norm,
+    )
+    options.update({k: v for k, v in recipe.items() if v is not None})  # absent when default
     if ddp:
         options["world_size"] = world
     result = FitResult(model=model, guide=guide, options=options)
@@ -190,6 +221,7 @@ def fit(
         if saver is None:
             raise ConfigError("resume=True needs checkpoint=<run folder> to resume from")
         r = saver.restore(model, guide, optimizer, generator, options, ddp)
+        load_schedule_state(scheduler, r.schedule)
         first_epoch, skip, order, epoch_loss, elapsed = r.epoch, r.step, r.order, r.epoch_loss, r.seconds
         result.history, result.best_epoch = r.history, r.best_epoch
         last_good = r.last_good or _snapshot(model, guide)
@@ -199,7 +231,7 @@ def fit(
         progress = dict(
             epoch=next_epoch, step=next_step, epoch_loss=epoch_loss, history=result.history,
             seconds=time.perf_counter() - start, best_epoch=result.best_epoch, best_value=best[0],
-            options=options,
+            options=options, schedule=schedule_state(scheduler),
         )
         mid_epoch = next_step > 0
         saver.save(
@@ -244,6 +276,8 @@ def fit(
                 differentiable.backward()
                 if ddp:
                     ddp.sum_gradients(optimizer.param_groups[0]["params"])
+                if clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
                 optimizer.step()
                 epoch_loss += value
                 bar.update(1)
@@ -259,6 +293,7 @@ def fit(
                 "train_elbo": -epoch_loss / num_train,
                 "val_elbo": val_elbo,
                 "seconds": time.perf_counter() - start,
+                "lr": optimizer.param_groups[0]["lr"],
             }
             result.history.append(record)
             bar.set_postfix(train_elbo=f"{record['train_elbo']:.2f}", val_elbo=f"{val_elbo:.2f}")
@@ -282,6 +317,8 @@ def fit(
                 )
                 break
             order, skip, epoch_loss = None, 0, 0.0
+            if scheduler is not None:
+                step_schedule(scheduler, val_elbo)
             if saver is not None:
                 save_checkpoint(epoch + 1, 0)
     finally:

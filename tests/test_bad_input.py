@@ -194,7 +194,26 @@ def _simple(argv, api, error, match):
     return lambda tmp, run: (_train(tmp, *argv), api, error, match)
 
 
+def _digits():
+    return pg.load_dataset("digits")
+
+
 CASES = [
+    Case("unknown optimizer", _simple(
+        ["--optimizer", "adamm"], lambda: _fit(_digits(), optimizer="adamm"), pg.ConfigError, "unknown optimizer 'adamm'")),
+    Case("optimizer option it does not take", _simple(
+        ["--optimizer", "sgd", "--optimizer-opt", "betas=[0.9,0.99]"],
+        lambda: _fit(_digits(), optimizer="sgd", optimizer_options={"betas": [0.9, 0.99]}), pg.ConfigError,
+        "optimizer SGD refused its options")),
+    Case("unknown lr schedule", _simple(
+        ["--lr-schedule", "cosine"], lambda: _fit(_digits(), lr_schedule="cosine"), pg.ConfigError, "unknown lr_schedule 'cosine'")),
+    Case("schedule options without a schedule", _simple(
+        ["--lr-schedule-opt", "gamma=0.5"], lambda: _fit(_digits(), lr_schedule_options={"gamma": 0.5}), pg.ConfigError,
+        "without an lr_schedule")),
+    Case("schedule missing a required option", _simple(
+        ["--lr-schedule", "StepLR"], lambda: _fit(_digits(), lr_schedule="StepLR"), pg.ConfigError, "step_size")),
+    Case("negative gradient clip", _simple(
+        ["--clip-grad-norm", "-1"], lambda: _fit(_digits(), clip_grad_norm=-1.0), pg.ConfigError, "positive number")),
     Case("nan in the data names its row", _file_case(_nan_row_5, "first in row 5")),
     Case("inf in the data names its row", _file_case(_inf_row_7, "first in row 7")),
     Case("non-numeric cell in a data file", _file_case(

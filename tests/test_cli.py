@@ -34,7 +34,7 @@ def test_train_writes_a_complete_run_folder(tiny_run, capsys):
     assert metrics["num_importance_samples"] == 50 and metrics["epochs"] == 2
     assert metrics["test_log_likelihood"] >= metrics["test_elbo"]
     history = (tiny_run / "history.csv").read_text().splitlines()
-    assert history[0] == "epoch,train_elbo,val_elbo,seconds" and len(history) == 3
+    assert history[0] == "epoch,train_elbo,val_elbo,seconds,lr" and len(history) == 3
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["model"] == {"name": "vae", "options": {"latent_dim": 3}}
     assert config["guide"]["name"] == "mean_field" and config["dataset"]["name"] == "digits"

@@ -52,15 +52,14 @@ def _install_trap(kind: str, n: int) -> None:
         count[0] += 1
         return count[0] == n
 
-    if kind == "step":  # between optimizer steps, after the last checkpoint
-        step = torch.optim.Adam.step
+    if kind == "step":  # between optimizer steps (any optimizer), after the last checkpoint
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-        def dying_step(self, *args, **kwargs):
+        def dying_step(optimizer, args, kwargs):
             if hit():
                 _die()
-            return step(self, *args, **kwargs)
 
-        torch.optim.Adam.step = dying_step
+        register_optimizer_step_pre_hook(dying_step)
     elif kind in ("checkpoint_half", "checkpoint_before_replace"):
         write = checkpoint._write_bytes
 
@@ -178,12 +177,19 @@ def _history(folder: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
-def test_sigkill_at_many_moments_then_resume_is_bitwise_identical(tmp_path):
+RECIPE = [  # a non-default optimizer, Burda's schedule (the lr drops after epochs 1 and 4), clipping
+    "--optimizer", "adamw", "--optimizer-opt", "eps=1e-4", "--optimizer-opt", "weight_decay=0.01",
+    "--lr-schedule", "burda", "--clip-grad-norm", "5",
+]
+
+
+@pytest.mark.parametrize("recipe", [[], RECIPE], ids=["adam", "adamw_burda_clip"])
+def test_sigkill_at_many_moments_then_resume_is_bitwise_identical(tmp_path, recipe):
     ref, run = tmp_path / "reference", tmp_path / "interrupted"
     resume = ["train", "--resume", str(run), "--quiet"]
     jobs = [
-        {"argv": ARGS + ["--out", str(ref)], "kill": "none", "folder": str(ref)},
-        {"argv": ARGS + ["--out", str(run)], "kill": "step", "n": 11, "folder": str(run)},  # epoch 2, step 5
+        {"argv": ARGS + recipe + ["--out", str(ref)], "kill": "none", "folder": str(ref)},
+        {"argv": ARGS + recipe + ["--out", str(run)], "kill": "step", "n": 11, "folder": str(run)},  # epoch 2, step 5
         {"argv": resume, "kill": "checkpoint_half", "n": 2, "folder": str(run)},
         {"argv": resume, "kill": "checkpoint_before_replace", "n": 1, "folder": str(run)},
         {"argv": resume, "kill": "external", "folder": str(run)},
@@ -201,6 +207,8 @@ def test_sigkill_at_many_moments_then_resume_is_bitwise_identical(tmp_path):
     for name in expected:
         assert torch.equal(expected[name], got[name]), f"{name} differs after kill/resume"
     assert _history(ref) == _history(run)
+    if recipe:  # the schedule really ran: epoch 1 at lr, epochs 2-4 at lr * 10^(-1/7)
+        assert [float(row["lr"]) for row in _history(run)] == pytest.approx([1e-3] + [1e-3 * 10 ** (-1 / 7)] * 3)
     metrics = [json.loads((f / "metrics.json").read_text()) for f in (ref, run)]
     for m in metrics:
         m.pop("train_seconds")
