@@ -14,7 +14,8 @@ A training recipe names its parts, so runs, bench configs and the CLI can store 
 
 The ``burda`` schedule is the recipe of Burda, Grosse & Salakhutdinov (2015, Section 5):
 3^i epochs at learning rate ``lr * 10^(-i/7)`` for i = 0..7 (3,280 epochs in all), written as
-torch's ``MultiStepLR``.
+torch's ``MultiStepLR``. Its option ``epochs`` compresses the same eight stages into a shorter
+budget (stage lengths proportional to 3^i).
 """
 
 from __future__ import annotations
@@ -39,13 +40,27 @@ __all__ = [
 BURDA_EPOCHS = sum(3**i for i in range(8))
 
 
-def burda_milestones() -> list[int]:
-    """Epoch counts after which Burda's learning rate drops by 10^(-1/7): 1, 4, 13, ..., 1093."""
-    return [sum(3**j for j in range(i + 1)) for i in range(7)]
+def burda_milestones(epochs: int = BURDA_EPOCHS) -> list[int]:
+    """Epoch counts after which Burda's learning rate drops by 10^(-1/7).
+
+    With the paper's 3,280 epochs: 1, 4, 13, 40, 121, 364, 1093. A shorter (or longer) budget
+    keeps the shape: stage i lasts ``round(epochs * 3^i / 3280)`` epochs (at least 1), the last
+    stage taking what is left.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 16:
+        raise ConfigError(f"the burda schedule needs epochs >= 16 (eight stages), got {epochs!r}")
+    lengths = [max(1, round(epochs * 3**i / BURDA_EPOCHS)) for i in range(7)]
+    ends, total = [], 0
+    for length in lengths:
+        total += length
+        ends.append(total)
+    if ends[-1] >= epochs:
+        raise ConfigError(f"the burda schedule cannot fit 8 stages into {epochs} epochs")
+    return ends
 
 
-def _burda(optimizer: Optimizer) -> torch_schedulers.LRScheduler:
-    return torch_schedulers.MultiStepLR(optimizer, milestones=burda_milestones(), gamma=10 ** (-1 / 7))
+def _burda(optimizer: Optimizer, epochs: int = BURDA_EPOCHS) -> torch_schedulers.LRScheduler:
+    return torch_schedulers.MultiStepLR(optimizer, milestones=burda_milestones(epochs), gamma=10 ** (-1 / 7))
 
 
 def _constant(optimizer: Optimizer) -> torch_schedulers.LRScheduler:
@@ -123,19 +138,14 @@ def create_lr_schedule(optimizer: Optimizer, schedule=None, options: dict | None
         )
     if isinstance(schedule, str):
         factory = SCHEDULES.get(schedule.lower())
-        if factory is not None:
-            if options:
-                raise ConfigError(f"the {schedule!r} schedule takes no options, got {options}")
-            return factory(optimizer)
         classes = _torch_classes(torch_schedulers, torch_schedulers.LRScheduler)
         classes["reducelronplateau"] = torch_schedulers.ReduceLROnPlateau
         for helper in ("lambdalr", "multiplicativelr", "sequentiallr", "chainedscheduler"):
             classes.pop(helper, None)  # they need functions or other schedulers: pass a callable
-        cls = classes.get(schedule.lower())
-        if cls is None:
+        factory = factory or classes.get(schedule.lower())
+        if factory is None:
             known = ", ".join([*SCHEDULES, *sorted(c.__name__ for c in classes.values())])
             raise ConfigError(f"unknown lr_schedule {schedule!r}; use one of: {known}")
-        factory = cls
     elif callable(schedule):
         factory = schedule
     else:

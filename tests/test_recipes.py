@@ -169,3 +169,19 @@ def test_data_root_comes_from_the_command_line_or_the_environment(tmp_path, monk
 
     assert main(["bench", str(config), "--quiet", "--data-root", str(tmp_path / "somewhere")]) == 0
     assert "ok" in (tmp_path / "results" / "tiny.csv").read_text()
+
+
+def test_burda_schedule_compressed_keeps_its_eight_stages():
+    assert burda_milestones(1000) == [1, 2, 5, 13, 38, 112, 334]
+    ends = burda_milestones(1000) + [1000]
+    lengths = [b - a for a, b in zip([0] + ends, ends)]
+    assert sum(lengths) == 1000 and lengths == sorted(lengths) and lengths[-1] == 666
+    optimizer = create_optimizer([torch.nn.Parameter(torch.zeros(2))], 1e-3)
+    scheduler = create_lr_schedule(optimizer, "burda", {"epochs": 1000})
+    for _ in range(999):
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 10 ** (-1), rel=1e-12)
+    with pytest.raises(pg.ConfigError, match="epochs >= 16"):
+        create_lr_schedule(optimizer, "burda", {"epochs": 5})
+    with pytest.raises(pg.ConfigError, match="constant"):
+        create_lr_schedule(optimizer, "constant", {"gamma": 0.5})
