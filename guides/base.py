@@ -20,7 +20,8 @@ __all__ = ["Guide", "AmortizedGuide", "unconstraining", "onto_site"]
 class Guide(nn.Module):
     """A variational family q(z|x) built from a model's latent-site declaration.
 
-    ``forward(x)`` samples exactly the model's latent sites inside ``pyro.plate("data", N)``.
+    ``forward(x)`` samples exactly the model's latent sites inside the model's data plate
+    (``pyro.plate("data", N)`` for the zoo's models; a Pyro program's own plate name otherwise).
     Subclasses implement :meth:`posterior`, returning one distribution per site with batch
     shape ``(N,)`` and the site's event shape, or override :meth:`forward` for families whose
     sites depend on each other. ``site_problem`` says why a site cannot be covered.
@@ -33,6 +34,7 @@ class Guide(nn.Module):
         super().__init__()
         self.latent_sites: tuple[LatentSite, ...] = tuple(model.latent_sites)
         self.data_shape = tuple(model.data_shape)
+        self.data_plate = getattr(model, "data_plate", "data")  # a Pyro program may name it otherwise
         self.init_kwargs: dict = {}
 
     @classmethod
@@ -52,7 +54,7 @@ class Guide(nn.Module):
         # Discrete sites are marked for enumeration: TraceEnum_ELBO sums over them exactly,
         # every other estimator (and the scorer) samples them.
         enumerate_ = {s.name: {"enumerate": "parallel"} for s in self.latent_sites if s.discrete}
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate(self.data_plate, x.shape[0]):
             return {
                 name: pyro.sample(name, q, infer=enumerate_.get(name, {}))
                 for name, q in self.posterior(x).items()

@@ -39,7 +39,7 @@ class BottomUp(HierarchicalGuide):
 
     def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
         inputs, values = x.reshape(x.shape[0], -1), {}
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate(self.data_plate, x.shape[0]):
             for head, site in zip(self.heads, self.levels):
                 values[site.name] = pyro.sample(site.name, self.site_posterior(head, inputs, site))
                 inputs = flat(values[site.name], site)

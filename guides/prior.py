@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyro
+from pyro import poutine
 from torch import Tensor
 
 from pyro_genmod._registry import register_guide
@@ -29,5 +30,8 @@ class PriorGuide(Guide):
         object.__setattr__(self, "_model", model)
 
     def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
-        with pyro.plate("data", x.shape[0]):
+        if getattr(self._model, "is_program", False):  # a Pyro program: run it with its observations hidden
+            trace = poutine.trace(poutine.block(self._model, hide_fn=lambda site: site["is_observed"])).get_trace(x)
+            return {site.name: trace.nodes[site.name]["value"] for site in self.latent_sites}
+        with pyro.plate(self.data_plate, x.shape[0]):
             return self._model.prior()

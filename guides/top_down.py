@@ -45,7 +45,7 @@ class TopDown(HierarchicalGuide):
     def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
         h = self.encoder(x.reshape(x.shape[0], -1))
         inputs, values = h, {}
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate(self.data_plate, x.shape[0]):
             for head, site in zip(self.heads, self.order):
                 values[site.name] = pyro.sample(site.name, self.site_posterior(head, inputs, site))
                 above = flat(values[site.name], site)

@@ -39,6 +39,7 @@ class GenerativeModel(nn.Module):
     registry_name = "model"
     latent_sites: tuple[LatentSite, ...] = ()
     max_plate_nesting = 1
+    data_plate = "data"
     uses_labels = False
     allows_missing_labels = False
     num_classes = 0

@@ -17,6 +17,7 @@ from ._registry import (
     list_datasets,
     list_guides,
     list_models,
+    pairing_problem,
     register_dataset,
     register_guide,
     register_model,
@@ -36,6 +37,7 @@ from .gaps import InferenceGaps, inference_gaps
 from .importance import LogLikelihood, log_importance_weights, log_likelihood
 from .latents import LatentSite
 from .objectives import list_objectives
+from .programs import ProgramGuide, ProgramModel
 from .runs import load_run
 from .tasks import encode, sample
 from .train import FitResult, fit
@@ -53,6 +55,9 @@ __all__ = [
     "register_model",
     "register_guide",
     "register_dataset",
+    "pairing_problem",
+    "ProgramModel",
+    "ProgramGuide",
     "fit",
     "FitResult",
     "log_likelihood",

@@ -134,7 +134,16 @@ def create_model(name: str, data, **kwargs):
         >>> model = pg.create_model("vae", (1, 8, 8), latent_dim=4)
         >>> [site.name for site in model.latent_sites]
         ['z']
+
+    ``name`` may also point at a user's Pyro program, ``path/to/file.py:attribute`` or
+    ``module:attribute`` (the file is executed afresh for each model built from it, so each
+    starts from its own initial parameters); ``data`` must then hold points to trace it on, and
+    the only option is ``data_plate``. See :mod:`pyro_genmod.programs`.
     """
+    from .programs import program_from_source, is_source
+
+    if is_source(name):
+        return program_from_source(name, data, **kwargs)
     cls = _lookup(_MODELS, "model", name)
     shape = tuple(getattr(data, "shape", data))
     _check_options(cls, "model", name, kwargs, skip=1)
@@ -152,12 +161,19 @@ def pairing_problem(guide_name: str, model) -> str | None:
     return cls.unsupported_reason(model)
 
 
-def create_guide(name: str, model, **kwargs):
+def create_guide(name: str, model, data=None, **kwargs):
     """Build the registered guide ``name`` (a variational family q(z|x)) for ``model``.
 
+    ``model`` may be a plain Pyro program; ``data`` (a dataset or a tensor of points) is then
+    used to trace it the first time (its latent sites are what the guide covers).
     Raises :class:`PairingError` naming the latent site and what differs when the family cannot
     cover the model's latent sites.
     """
+    from .programs import as_model, guide_from_source, is_source
+
+    model = as_model(model, data)
+    if is_source(name):
+        return guide_from_source(name, model, data, **kwargs)
     cls = _lookup(_GUIDES, "guide", name)
     reason = cls.unsupported_reason(model)
     if reason is not None:

@@ -15,6 +15,7 @@ from .diagnose import check_continuous
 from .errors import ConfigError
 from .importance import log_importance_weights, log_likelihood
 from .latents import check_pair
+from .programs import as_guide, as_model
 from .train import check_positive_int
 
 __all__ = ["inference_gaps", "InferenceGaps", "optimize_local", "LocalParameters"]
@@ -76,7 +77,7 @@ class LocalParameters(nn.Module):
         if self.sticking_the_landing:
             fixed = self._guide.posterior_from(self.params.detach())
             posterior = {k: _StickingTheLanding(q, fixed[k]) for k, q in posterior.items()}
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate(getattr(self._guide, "data_plate", "data"), x.shape[0]):
             return {name: pyro.sample(name, q) for name, q in posterior.items()}
 
 
@@ -232,6 +233,8 @@ def inference_gaps(
         >>> gaps.approximation.shape
         torch.Size([3])
     """
+    model = as_model(model, x)
+    guide = as_guide(guide, model, x)
     check_positive_int("the number of importance samples K", num_samples)
     name = getattr(guide, "registry_name", type(guide).__name__)
     if getattr(guide, "is_point_estimate", False):

@@ -26,6 +26,7 @@ from .diagnostics import psis_khat
 from .errors import ConfigError, GenmodError
 from .fast import log_densities
 from .latents import check_pair
+from .programs import as_guide, as_model
 
 __all__ = ["log_importance_weights", "log_likelihood", "LogLikelihood"]
 
@@ -51,6 +52,8 @@ def log_importance_weights(model, guide, x: Tensor, num_particles: int) -> Tenso
 
     Gradients flow through it (for IWAE-type objectives); wrap in ``torch.no_grad`` to score.
     """
+    model = as_model(model, x)
+    guide = as_guide(guide, model, x)
     log_p, log_q = log_densities(model, guide, x, num_particles, per_point=True)  # no Pyro traces
     return (log_p - log_q).expand(num_particles, x.shape[0])
 
@@ -157,6 +160,8 @@ def log_likelihood(
         raise ConfigError(f"the number of importance samples K must be a positive integer, got {num_samples}")
     if not isinstance(max_rows, int) or max_rows < 1:
         raise ConfigError(f"max_rows must be a positive integer, got {max_rows}")
+    model = as_model(model, x)
+    guide = as_guide(guide, model, x)
     if not getattr(model, "has_log_likelihood", True):
         raise ConfigError(
             f"model '{getattr(model, 'registry_name', type(model).__name__)}' has an improper "

@@ -7,6 +7,8 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from .errors import ConfigError
+from .programs import as_guide, as_model
 from .train import check_positive_int
 
 __all__ = ["sample", "encode"]
@@ -22,6 +24,14 @@ def sample(
     For a label-using model (``cvae``, ``m2``), ``y`` (shape ``(n,)``) asks for those classes.
     """
     check_positive_int("the number of samples", num_samples)
+    model = as_model(model)
+    if getattr(model, "is_program", False):
+        if y is not None:
+            raise ConfigError(f"model '{model.registry_name}' is a Pyro program called as model(x); it takes no labels y")
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+            if seed is not None:
+                torch.manual_seed(seed)
+            return model.sample_points(num_samples, mean=mean)
     labels = {} if y is None else {"y": y}
     with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
         if seed is not None:
@@ -49,6 +59,7 @@ def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int 
     closed-form mean (flows, transformed supports) the mean is estimated from ``mc_samples``
     draws.
     """
+    guide = as_guide(guide)
     n = x.shape[0]
 
     def draws(count: int, one_hot: bool = False) -> Tensor:

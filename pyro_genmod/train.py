@@ -20,6 +20,7 @@ from .errors import ConfigError, DataError, TrainingDiverged
 from .latents import check_pair
 from .models.base import LabelFeed, training_labels
 from .objectives import get_objective
+from .programs import as_guide, as_model
 from .optim import (
     check_clip_grad_norm, create_lr_schedule, create_optimizer, load_schedule_state, schedule_state, step_schedule,
 )
@@ -31,7 +32,7 @@ __all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int"]
 class FitResult:
     """What :func:`fit` did: per-epoch history, timing and why it stopped."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # the library's view of the model (a ProgramModel for a Pyro program)
     guide: torch.nn.Module
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
@@ -115,7 +116,10 @@ def fit(
     and guide's parameters. The validation ELBO is computed every epoch.
 
     Arguments:
-        model, guide: a model and a guide built for it (the pair is checked before training).
+        model, guide: a model and a guide built for it (the pair is checked before training);
+            either may be a plain Pyro program called as ``model(x)`` / ``guide(x)`` (see
+            :mod:`pyro_genmod.programs`): its sites are found by tracing it on the data, and
+            the parameters it registers with ``pyro.module`` or ``pyro.param`` are trained.
         data: a :class:`Dataset`.
         epochs: passes over the training set.
         batch_size: minibatch size; larger than the training set means full-batch steps.
@@ -155,6 +159,8 @@ def fit(
         restored to the last good state and :class:`TrainingDiverged` is raised, carrying the
         result so far.
     """
+    model = as_model(model, data)
+    guide = as_guide(guide, model, data)
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
     check_positive_int("num_particles", num_particles)

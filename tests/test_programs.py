@@ -1,0 +1,253 @@
+"""Plain Pyro programs as models and guides: Pyro's tutorial VAE, and user models of every kind."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+
+import pyro_genmod as pg
+from pyro_genmod.objectives import get_objective
+from pyro_genmod.programs import ProgramGuide, ProgramModel
+from user_code.tutorial_vae import VAE
+
+
+@pytest.fixture(scope="module")
+def digits28() -> pg.Dataset:
+    """scikit-learn's digits upsampled to 28x28, so the tutorial's 784-pixel networks fit as written."""
+    grey = pg.load_dataset("digits", binarize=False)
+    up = lambda t: F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False).clamp(0, 1)  # noqa: E731
+    once = lambda t, s: torch.bernoulli(up(t), generator=torch.Generator().manual_seed(s))  # noqa: E731
+    return pg.Dataset(name="digits28", train=up(grey.train), val=once(grey.val, 1), test=once(grey.test, 2),
+                      binarization="dynamic")
+
+
+def _vae(seed=0, **kw):
+    torch.manual_seed(seed)
+    return VAE(**{"z_dim": 4, "hidden_dim": 32, **kw})
+
+
+def test_the_tutorial_vae_trains_scores_samples_and_encodes(digits28):
+    pyro.clear_param_store()
+    vae = _vae()
+    before = vae.decoder.fc1.weight.detach().clone()
+    result = pg.fit(vae.model, vae.guide, digits28, epochs=4, progress=False)
+    assert isinstance(result.model, ProgramModel) and isinstance(result.guide, ProgramGuide)
+    assert [s.name for s in result.model.latent_sites] == ["latent"] and result.model.data_plate == "data"
+    assert result.model.observed_sites == {"obs": (784,)}
+    assert not torch.equal(vae.decoder.fc1.weight, before)  # the user's own network was trained in place
+    assert len(pyro.get_param_store()) == 0  # and Pyro's global param store was never used
+    assert result.history[-1]["val_elbo"] > result.history[0]["val_elbo"]
+    ll = pg.log_likelihood(vae.model, vae.guide, digits28.test[:40], 100, seed=0)
+    assert ll.per_point.shape == (40,) and bool(torch.isfinite(ll.per_point).all())
+    assert ll.mean >= ll.elbo_mean - 3 * ll.stderr  # IS is at least the ELBO, up to noise
+    assert ll.mean == pytest.approx(result.history[-1]["val_elbo"], abs=15)
+    x = pg.sample(vae.model, 5, seed=0)
+    assert x.shape == (5, 1, 28, 28) and set(x.unique().tolist()) <= {0.0, 1.0}
+    assert pg.sample(vae.model, 5, mean=True, seed=0).shape == (5, 1, 28, 28)
+    assert pg.encode(vae.guide, digits28.test[:6]).shape == (6, 4)
+
+
+def _copy_into_builtin(vae: VAE, digits28):
+    """The zoo's ``vae`` with the tutorial decoder's weights (softplus hidden layer, logits out)."""
+    builtin = pg.create_model("vae", digits28, latent_dim=4, hidden=[32], activation="softplus").double()
+    with torch.no_grad():
+        builtin.decoder[0].weight.copy_(vae.decoder.fc1.weight), builtin.decoder[0].bias.copy_(vae.decoder.fc1.bias)
+        builtin.decoder[2].weight.copy_(vae.decoder.fc21.weight), builtin.decoder[2].bias.copy_(vae.decoder.fc21.bias)
+    return builtin
+
+
+def test_tutorial_log_weights_equal_the_builtin_vae_with_the_same_weights_and_draws(digits28):
+    vae = _vae().double()
+    x = digits28.test[:30].double()
+    user = pg.ProgramModel(vae.model, x)
+    builtin = _copy_into_builtin(vae, digits28)
+    guides = [pg.create_guide("mean_field", m, hidden=[16]).double() for m in (user, builtin)]
+    guides[1].load_state_dict(guides[0].state_dict())
+    weights = []
+    for model, guide in zip((user, builtin), guides):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            weights.append(pg.log_importance_weights(model, guide, x, 7))
+    assert weights[0].shape == (7, 30)
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_training_loss_of_a_program_is_pyros_trace_elbo(digits28):
+    """Same draws, same loss and gradients as Trace_ELBO.differentiable_loss (no silent difference)."""
+    vae = _vae()
+    x = digits28.test[:16]
+    model = pg.ProgramModel(vae.model, x)
+    guide = pg.ProgramGuide(vae.guide, model, x)
+    results = []
+    for compute in (lambda: get_objective("trace_elbo")(model, guide, x)[0],
+                    lambda: Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)):
+        vae.zero_grad()
+        torch.manual_seed(11)
+        loss = compute()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in vae.parameters()]))
+    pyro.clear_param_store()
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _fitting_guides(model):
+    return [name for name in pg.list_guides() if pg.pairing_problem(name, model) is None]
+
+
+def test_every_fitting_guide_family_is_built_for_a_user_model_and_trains(digits28):
+    vae = _vae()
+    model = pg.ProgramModel(vae.model, digits28)
+    names = _fitting_guides(model)
+    assert {"mean_field", "full_rank", "iaf", "planar", "low_rank", "prior"} <= set(names), names
+    for name in names:
+        guide = pg.create_guide(name, vae.model, digits28)
+        result = pg.fit(vae.model, guide, digits28, epochs=1, batch_size=512, progress=False)
+        assert math.isfinite(result.history[-1]["val_elbo"]), name
+
+
+def test_two_pairs_in_one_process_do_not_share_parameters(digits28):
+    a, b = _vae(seed=1), _vae(seed=1)
+    pg.fit(a.model, a.guide, digits28, epochs=1, batch_size=512, progress=False)
+    assert torch.equal(b.decoder.fc1.weight, _vae(seed=1).decoder.fc1.weight)  # b untouched by a's fit
+    assert not torch.equal(a.decoder.fc1.weight, b.decoder.fc1.weight)
+
+
+# --- user models of other kinds -----------------------------------------------------------
+
+
+class Nets(torch.nn.Module):
+    def __init__(self, inputs: int, outputs: int):
+        super().__init__()
+        self.net = torch.nn.Linear(inputs, outputs)
+
+
+def two_sites_positive_simplex(x):
+    """Two Normal sites, a LogNormal and a Gamma (positive) and a Dirichlet (simplex)."""
+    dec = pyro.module("dec", DECODER)
+    n = x.shape[0]
+    with pyro.plate("batch", n):
+        a = pyro.sample("a", dist.Normal(torch.zeros(n, 2), 1.0).to_event(1))
+        b = pyro.sample("b", dist.Normal(torch.zeros(n, 3), 1.0).to_event(1))
+        s = pyro.sample("s", dist.LogNormal(torch.zeros(n, 1), 0.5).to_event(1))
+        g = pyro.sample("g", dist.Gamma(torch.full((n, 1), 2.0), 2.0).to_event(1))
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(n, 3)))
+        h = torch.cat([a, b, s.log(), g.log(), w], -1)
+        pyro.sample("x", dist.Bernoulli(logits=dec.net(h)).to_event(1), obs=x.reshape(n, -1))
+
+
+DECODER = Nets(2 + 3 + 1 + 1 + 3, 64)
+
+
+def test_positive_and_simplex_and_several_sites_are_found_and_trained(digits):
+    model = pg.ProgramModel(two_sites_positive_simplex, digits)
+    sites = {s.name: (s.event_shape, pg.latents.describe_support(s.support)) for s in model.latent_sites}
+    assert sites == {"a": ((2,), "real"), "b": ((3,), "real"), "s": ((1,), "positive"),
+                     "g": ((1,), "nonnegative"), "w": ((3,), "simplex")}
+    assert model.data_plate == "batch"
+    for name in ("mean_field", "iaf"):
+        guide = pg.create_guide(name, model)
+        result = pg.fit(two_sites_positive_simplex, guide, digits, epochs=2, batch_size=256, progress=False)
+        assert math.isfinite(result.history[-1]["val_elbo"]), name
+        ll = pg.log_likelihood(model, guide, digits.test[:10], 50)
+        assert bool(torch.isfinite(ll.per_point).all())
+
+
+def mixture(x):
+    """An enumerated discrete latent: Pyro's idiom for a mixture."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    probs = pyro.param("probs", lambda: torch.full((3, flat.shape[1]), 0.5), constraint=dist.constraints.unit_interval)
+    with pyro.plate("data", n):
+        k = pyro.sample("k", dist.Categorical(torch.ones(n, 3) / 3), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Bernoulli(probs[k]).to_event(1), obs=flat)
+
+
+def test_an_enumerated_discrete_latent_is_found_and_paired_with_a_discrete_guide(digits):
+    model = pg.ProgramModel(mixture, digits)
+    (site,) = model.latent_sites
+    assert site.name == "k" and site.discrete and site.event_shape == ()
+    with pytest.raises(pg.PairingError, match="'k' discrete"):
+        pg.create_guide("mean_field", model)
+    guide = pg.create_guide("categorical", model)
+    before = model.params.params["probs"].detach().clone()  # pyro.param lives with the pair
+    result = pg.fit(model, guide, digits, epochs=2, batch_size=256, objective="traceenum_elbo", progress=False)
+    assert not torch.equal(before, model.params.params["probs"])
+    assert math.isfinite(result.history[-1]["val_elbo"])
+    ll = pg.log_likelihood(model, guide, digits.test[:8], 16)  # the discrete proposal q(k|x)
+    assert bool(torch.isfinite(ll.per_point).all())
+
+
+def global_latent(x):
+    n = x.shape[0]
+    theta = pyro.sample("theta", dist.Normal(torch.zeros(64), 1.0).to_event(1))
+    with pyro.plate("data", n):
+        z = pyro.sample("z", dist.Normal(torch.zeros(n, 2), 1.0).to_event(1))
+        pyro.sample("x", dist.Bernoulli(logits=theta + z.sum(-1, keepdim=True)).to_event(1), obs=x.reshape(n, -1))
+
+
+def test_a_global_latent_is_refused_naming_the_site(digits):
+    with pytest.raises(pg.ConfigError, match="latent site 'theta' is outside the data plate 'data'"):
+        pg.fit(global_latent, lambda x: None, digits, epochs=1, progress=False)
+    with pytest.raises(pg.ConfigError, match="'theta'"):
+        pg.log_likelihood(global_latent, lambda x: None, digits.test[:4], 10)
+
+
+def test_guide_sites_that_differ_from_the_model_are_refused_before_training(digits28):
+    vae = _vae()
+
+    def renamed(x):
+        pyro.module("encoder", vae.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = vae.encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def reshaped(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("latent", dist.Normal(torch.zeros(x.shape[0], 3), 1.0).to_event(1))
+
+    def positive(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("latent", dist.LogNormal(torch.zeros(x.shape[0], 4), 1.0).to_event(1))
+
+    before = vae.decoder.fc1.weight.detach().clone()
+    for guide, match in ((renamed, "does not sample latent site 'latent'"), (reshaped, "shape"),
+                         (positive, "support")):
+        with pytest.raises(pg.PairingError, match=match):
+            pg.fit(vae.model, guide, digits28, epochs=1, progress=False)
+    assert torch.equal(vae.decoder.fc1.weight, before)
+
+
+def test_programs_that_cannot_be_scored_per_point_say_why(digits):
+    def no_plate(x):
+        pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(2))
+        pyro.sample("x", dist.Bernoulli(logits=torch.zeros(x.shape[0], 64)).to_event(2), obs=x.reshape(-1, 64))
+
+    def broken(x):
+        raise RuntimeError("shapes do not match")
+
+    with pytest.raises(pg.ConfigError, match="no plate over the data points"):
+        pg.ProgramModel(no_plate, digits)
+    with pytest.raises(pg.ConfigError, match="RuntimeError: shapes do not match"):
+        pg.ProgramModel(broken, digits)
+    with pytest.raises(pg.ConfigError, match="has not traced yet"):
+        pg.sample(lambda x: None, 3)
+
+
+def test_diagnose_and_gaps_work_with_a_site_named_latent(digits28, tmp_path):
+    vae = _vae()
+    guide = pg.create_guide("mean_field", vae.model, digits28, hidden=[16])
+    pg.fit(vae.model, guide, digits28, epochs=2, batch_size=256, progress=False)
+    gaps = pg.inference_gaps(vae.model, guide, digits28.test[:3], num_samples=50, steps=10)
+    assert gaps.approximation.shape == (3,)
+    report = pg.diagnose(vae.model, vae.guide, digits28.test[:2], num_chains=1, num_warmup=10, num_draws=10,
+                         num_guide_samples=20, num_importance=20, out=tmp_path / "diag")
+    assert "latent" in report.reference.posterior and (tmp_path / "diag" / "reconstructions.png").is_file()
