@@ -254,14 +254,23 @@ def trace_sites(run: Callable[[Tensor], object], x: Tensor, what: str, data_plat
 class _Program(nn.Module):
     """Shared by :class:`ProgramModel` and :class:`ProgramGuide`: runs ``fn`` in a parameter scope."""
 
-    def _wrap(self, fn, params: ParamScope) -> None:
+    def _wrap(self, fn, params: ParamScope, partner: nn.Module | None = None) -> None:
+        """Run ``fn`` in ``params``. What ``partner`` (the pair's model) already holds, the
+        program's module or the shared scope, is referenced, not registered again, so the
+        pair's state dicts hold each tensor once."""
         if not callable(fn):
             raise ConfigError(f"a Pyro program must be callable as program(x), got {type(fn).__name__}")
         module = _program_module(fn)
-        if module is not None:
+        held = {id(m) for m in partner.modules()} if partner is not None else set()
+        if module is not None and id(module) not in held:
             self.program_module = module  # registered: its parameters and buffers move and save with us
+        elif module is not None:
+            object.__setattr__(self, "program_module", module)
         object.__setattr__(self, "fn", fn)
-        self.params = params
+        if id(params) in held:
+            object.__setattr__(self, "params", params)
+        else:
+            self.params = params
         owned = params.owned
 
         def owned_now() -> set[int]:  # every program module of the pair holds its own parameters
@@ -368,7 +377,7 @@ class ProgramGuide(_Program):
         params = model.params if isinstance(model, ProgramModel) else ParamScope()
         was_frozen = params.frozen
         params.frozen = False
-        self._wrap(fn, params)
+        self._wrap(fn, params, partner=model if isinstance(model, nn.Module) else None)
         if name:
             self.registry_name = name
         x = _points(data) if data is not None else torch.zeros(3, *self.data_shape)
