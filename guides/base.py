@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import ComposeTransform, ReshapeTransform, Transform
 
+from pyro_genmod.distributions import posterior_draws
 from pyro_genmod.latents import LatentSite
 from pyro_genmod.nn import mlp
 
@@ -68,9 +69,7 @@ class Guide(nn.Module):
         """One reparameterized draw z ~ q(z|x) per point and log q(z|x) per point: the guide's
         side of Trace_ELBO, which the trace-free training step computes. The default draws each
         site of :meth:`posterior`; a family may compute it without building the distributions.
-        Raises :class:`~pyro_genmod.fast.FastPathUnsupported` for a site without ``rsample``."""
-        from pyro_genmod.fast import posterior_draws
-
+        Raises :class:`~pyro_genmod.errors.FastPathUnsupported` for a site without ``rsample``."""
         return posterior_draws(self.posterior(x), x)
 
 

@@ -6,7 +6,7 @@ import pyro.distributions as dist
 from torch import Tensor
 
 from pyro_genmod._registry import register_guide
-from pyro_genmod.fast import normal_rsample_with_log_prob
+from pyro_genmod.distributions import normal_rsample_with_log_prob
 
 from .base import AmortizedGuide, softplus_scale
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import math
 
-import torch
-from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from .densities import latent_log_ratios
 from .errors import ConfigError
 
 __all__ = ["ScaleLatents", "KLSchedule", "latent_kl"]
@@ -54,19 +53,10 @@ class ScaleLatents(Messenger):
 def latent_kl(model, guide, x: Tensor) -> dict[str, float]:
     """Single-sample estimate of each latent site's KL term, averaged over the points of ``x``.
 
-    For site s: mean over points of log q(z_s | ...) - log p(z_s | parents), z ~ q (no gradients).
+    For site s: mean over points of log q(z_s | ...) - log p(z_s | parents), z ~ q (no gradients),
+    from the log-density engine (:func:`~pyro_genmod.densities.latent_log_ratios`).
     """
-    with torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    result = {}
-    for name, site in guide_trace.nodes.items():
-        if not _is_latent(site) or name not in model_trace.nodes:
-            continue
-        prior_site = model_trace.nodes[name]
-        log_ratio = site["fn"].log_prob(site["value"]) - prior_site["fn"].log_prob(site["value"])
-        result[name] = float(log_ratio.sum()) / x.shape[0]
-    return result
+    return {name: float(ratio.sum()) / x.shape[0] for name, ratio in latent_log_ratios(model, guide, x).items()}
 
 
 class KLSchedule:

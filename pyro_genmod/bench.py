@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 from tqdm.auto import tqdm
 
 from ._registry import create_guide, create_model
 from .data import Dataset, load_dataset
+from .densities import latent_log_ratios
 from .errors import ConfigError, GenmodError
 from .importance import LogLikelihood, log_likelihood
 from .runs import atomic_write_text, load_run, prepare_run_folder, save_run
@@ -184,26 +184,20 @@ def kl_per_dimension(
 ) -> float:
     """Monte Carlo KL(q(z|x) || p(z)) averaged over the points of ``x``, divided by the latent dimension.
 
-    Works for any pair, including hierarchical priors, by replaying the model on guide draws
-    and summing log q - log p over the model's latent sites only.
+    Works for any pair, including hierarchical priors: the log-density engine replays the model
+    on guide draws (:func:`~pyro_genmod.densities.latent_log_ratios`), summed over the model's
+    latent sites.
     """
-    names = [site.name for site in model.latent_sites]
+    names = {site.name for site in model.latent_sites}
     dims = sum(math.prod(site.event_shape) or 1 for site in model.latent_sites)
-    particle_dim = -(model.max_plate_nesting + 1)
     total = 0.0
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, x.shape[0], chunk):
             part = x[start : start + chunk]
-            with pyro.plate("particles", num_samples, dim=particle_dim):
-                guide_trace = poutine.trace(guide).get_trace(part)
-                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(part)
-            kl = sum(
-                guide_trace.nodes[n]["fn"].log_prob(guide_trace.nodes[n]["value"])
-                - model_trace.nodes[n]["fn"].log_prob(guide_trace.nodes[n]["value"])
-                for n in names
-            )
-            total += float(kl.expand(num_samples, part.shape[0]).mean(0).sum())
+            ratios = latent_log_ratios(model, guide, part, num_samples)
+            kl = sum(ratio for name, ratio in ratios.items() if name in names)
+            total += float(kl.mean(0).sum())
     return total / x.shape[0] / dims
 
 

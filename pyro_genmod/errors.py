@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "RunFolderError",
     "TrainingDiverged",
+    "FastPathUnsupported",
 ]
 
 
@@ -35,6 +36,10 @@ class ConfigError(GenmodError, ValueError):
 
 class RunFolderError(GenmodError):
     """A run folder that is missing, incomplete, from another version, or already taken."""
+
+
+class FastPathUnsupported(GenmodError):
+    """The pair needs Pyro's full ``Trace_ELBO`` (a score-function or enumerated site)."""
 
 
 class TrainingDiverged(GenmodError, RuntimeError):

@@ -19,32 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from .diagnostics import psis_khat
 from .errors import ConfigError, GenmodError
-from .fast import log_densities
+from .densities import log_densities
 from .latents import check_pair
 from .programs import as_guide, as_model
 
 __all__ = ["log_importance_weights", "log_likelihood", "LogLikelihood"]
-
-
-def _sum_log_prob(trace, particle_dim: int) -> Tensor:
-    """Sum of every sample site's log-density, keeping the (particle, data) dimensions."""
-    total = 0.0
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        log_p = site["fn"].log_prob(site["value"])
-        if log_p.dim() < -particle_dim:
-            raise GenmodError(
-                f"site '{name}' is not inside the data plate; per-point log-likelihoods need "
-                f"every site to be local to a data point"
-            )
-        total = total + log_p
-    return total
 
 
 def log_importance_weights(model, guide, x: Tensor, num_particles: int) -> Tensor:

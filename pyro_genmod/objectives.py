@@ -17,9 +17,10 @@ import torch
 from pyro import infer, poutine
 from torch import Tensor
 
-from . import fast
+from . import densities
 from .errors import ConfigError, UnknownNameError
-from .importance import _sum_log_prob, log_importance_weights
+from .densities import score_program
+from .importance import log_importance_weights
 
 __all__ = ["Objective", "get_objective", "list_objectives"]
 
@@ -69,7 +70,7 @@ class PyroELBO(Objective):
 
 class TraceELBO(PyroELBO):
     """Pyro's Trace_ELBO. For pairs whose guide sites are all reparameterized it is computed
-    without Pyro traces by :func:`pyro_genmod.fast.elbo_loss`: the same loss and gradient on
+    without Pyro traces by :func:`pyro_genmod.densities.elbo_loss`: the same loss and gradient on
     the same draws, at the cost of a hand-written step. Set ``use_fast = False`` to force Pyro."""
 
     name = "trace_elbo"
@@ -83,9 +84,9 @@ class TraceELBO(PyroELBO):
     def __call__(self, model, guide, x: Tensor) -> LossPair:
         key = (id(model), id(guide))
         if key not in self._fast_pairs:
-            self._fast_pairs[key] = self.use_fast and fast.supports_fast_elbo(model, guide, x)
+            self._fast_pairs[key] = self.use_fast and densities.supports_fast_elbo(model, guide, x)
         if self._fast_pairs[key]:
-            loss = fast.elbo_loss(model, guide, x, self.num_particles)
+            loss = densities.elbo_loss(model, guide, x, self.num_particles)
             return loss, float(loss.detach())
         return super().__call__(model, guide, x)
 
@@ -171,16 +172,11 @@ class DReGIWAE(Objective):
             return torch.func.functional_call(guide, frozen, (data,))
 
         with pyro.plate("particles", num, dim=particle_dim):
-            guide_trace = poutine.trace(guide).get_trace(x)
-            draws = {
-                name: site["value"].view_as(site["value"])  # new tensors: flow caches must miss
-                for name, site in guide_trace.nodes.items()
-                if site["type"] == "sample" and not site["is_observed"]
-            }
-            q_trace = poutine.trace(poutine.condition(frozen_guide, data=draws)).get_trace(x)
-            model_trace = poutine.trace(poutine.condition(model, data=draws)).get_trace(x)
-        log_w = _sum_log_prob(model_trace, particle_dim) - _sum_log_prob(q_trace, particle_dim)
-        log_w = log_w.expand(num, x.shape[0])
+            drawn = score_program(guide, x).values
+            draws = {name: value.view_as(value) for name, value in drawn.items()}  # new tensors: flow caches must miss
+            log_q = score_program(frozen_guide, x, replay=draws, per_point=True, strict=True).total
+            log_p = score_program(model, x, replay=draws, per_point=True).total
+        log_w = (log_p - log_q).expand(num, x.shape[0])
         weights = torch.softmax(log_w.detach(), dim=0)
         for value in draws.values():
             if value.requires_grad:

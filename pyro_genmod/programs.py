@@ -19,7 +19,7 @@ wrap them in the library's contracts:
   two pairs in one process cannot interfere through the global store. The parameters are in
   the wrapper's ``state_dict``, so checkpoints, resume and run folders hold them.
 * **Densities come from Pyro's own semantics.** Training and scoring run the programs through
-  the library's scoring messengers (:func:`~pyro_genmod.fast.log_densities`), which add the
+  the library's scoring messengers (:func:`~pyro_genmod.densities.log_densities`), which add the
   same scaled and masked log-densities as ``Trace_ELBO``; a guide site without ``rsample``
   makes the training objective fall back to Pyro's ``Trace_ELBO``.
 
