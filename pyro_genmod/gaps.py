@@ -5,127 +5,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import pyro
-import pyro.distributions as dist
 import torch
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
 from .diagnose import check_continuous
 from .errors import ConfigError
-from .importance import log_importance_weights, log_likelihood
+from .importance import log_likelihood
 from .latents import check_pair
 from .programs import as_guide, as_model
 from .train import check_positive_int
 
-__all__ = ["inference_gaps", "InferenceGaps", "optimize_local", "LocalParameters"]
-
-
-class _StickingTheLanding(dist.TorchDistribution):
-    """Draws through ``q`` (reparameterized) but scores with ``fixed``, a copy of ``q`` whose
-    parameters are detached: the score-function term of the ELBO gradient, zero in expectation,
-    is dropped, so the gradient vanishes when q equals the posterior."""
-
-    has_rsample = True
-    arg_constraints: dict = {}
-
-    def __init__(self, q: dist.Distribution, fixed: dist.Distribution):
-        self.q, self.fixed = q, fixed
-        super().__init__(q.batch_shape, q.event_shape, validate_args=False)
-
-    @property
-    def support(self):
-        return self.q.support
-
-    def expand(self, batch_shape, _instance=None):
-        return _StickingTheLanding(self.q.expand(batch_shape), self.fixed.expand(batch_shape))
-
-    def rsample(self, sample_shape=torch.Size()):
-        return self.q.rsample(sample_shape)
-
-    def log_prob(self, value):
-        return self.fixed.log_prob(value)
-
-
-class LocalParameters(nn.Module):
-    """An amortized guide's family with free per-point parameters instead of its encoder.
-
-    ``params`` has one row per data point, in the layout of ``guide.variational_parameters``;
-    the flows or other global parts of ``guide`` are shared and held fixed.
-
-    Arguments:
-        guide: an :class:`AmortizedGuide` (anything with ``variational_parameters(x)`` and
-            ``posterior_from(params)``).
-        params: per-point parameters, shape ``(N, P)``.
-        sticking_the_landing: score draws with detached parameters (for optimizing).
-    """
-
-    is_point_estimate = False
-
-    def __init__(self, guide, params: Tensor, sticking_the_landing: bool = False):
-        super().__init__()
-        object.__setattr__(self, "_guide", guide)  # not a submodule: its weights are not ours
-        self.params = params
-        self.latent_sites = guide.latent_sites
-        self.registry_name = f"local {getattr(guide, 'registry_name', type(guide).__name__)}"
-        self.sticking_the_landing = sticking_the_landing
-
-    def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
-        if x.shape[0] != self.params.shape[0]:
-            raise ValueError(f"{self.params.shape[0]} points' parameters for {x.shape[0]} points")
-        posterior = self._guide.posterior_from(self.params)
-        if self.sticking_the_landing:
-            fixed = self._guide.posterior_from(self.params.detach())
-            posterior = {k: _StickingTheLanding(q, fixed[k]) for k, q in posterior.items()}
-        with pyro.plate(getattr(self._guide, "data_plate", "data"), x.shape[0]):
-            return {name: pyro.sample(name, q) for name, q in posterior.items()}
+__all__ = ["inference_gaps", "InferenceGaps"]
 
 
 def _has_local_family(guide) -> bool:
     from pyro_genmod.guides.base import AmortizedGuide, Guide
 
     return isinstance(guide, AmortizedGuide) and type(guide).forward is Guide.forward
-
-
-def optimize_local(
-    model, guide, x: Tensor, *, steps: int = 500, lr: float = 0.05, num_particles: int = 16,
-    seed: int = 0, max_rows: int = 65536, progress: bool = False,
-) -> Tensor:
-    """Per-point variational parameters maximizing each point's own ELBO, shape ``(N, P)``.
-
-    Starts from the encoder's output and takes ``steps`` Adam steps (cosine-decayed learning
-    rate) on the ELBO with ``num_particles`` draws per point, using the sticking-the-landing
-    gradient where the family can score draws made with other parameters (not for the
-    planar, radial and Sylvester flows). The model and the guide's shared weights are fixed.
-
-    References:
-        | Inference Suboptimality in Variational Autoencoders (Cremer, Li & Duvenaud, 2018)
-          https://arxiv.org/abs/1801.03558
-        | Sticking the Landing (Roeder, Wu & Duvenaud, 2017) https://arxiv.org/abs/1703.09194
-    """
-    check_positive_int("steps", steps)
-    check_positive_int("num_particles", num_particles)
-    stl = not getattr(guide, "scores_own_samples_only", False)
-    with torch.no_grad():
-        init = guide.variational_parameters(x).detach()
-    chunk = max(1, max_rows // num_particles)
-    result = []
-    with torch.random.fork_rng(devices=[] if init.device.type == "cpu" else [init.device]):
-        torch.manual_seed(seed)
-        for start in range(0, x.shape[0], chunk):
-            xc = x[start : start + chunk]
-            params = init[start : start + chunk].clone().requires_grad_(True)
-            local = LocalParameters(guide, params, sticking_the_landing=stl)
-            optimizer = torch.optim.Adam([params], lr=lr)
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-            for _ in tqdm(range(steps), desc="local ELBO", disable=not progress, leave=False):
-                # The points are independent, so the sum's gradient is each point's own.
-                loss = -log_importance_weights(model, local, xc, num_particles).mean(0).sum()
-                (params.grad,) = torch.autograd.grad(loss, [params])
-                optimizer.step()
-                schedule.step()
-            result.append(params.detach())
-    return torch.cat(result)
 
 
 @dataclass
@@ -207,7 +103,7 @@ def inference_gaps(
 
     log p(x) - ELBO_amortized = (log p(x) - ELBO_local) + (ELBO_local - ELBO_amortized), where
     ELBO_local is the best ELBO the guide's family reaches with parameters fitted to that point
-    alone (:func:`optimize_local`). A family without per-point parameters (``prior``,
+    alone (:meth:`~pyro_genmod.guides.local.LocalGuide.refine`). A family without per-point parameters (``prior``,
     ``exact_posterior``) is its own local optimum, so its amortization gap is zero. All ELBOs
     and log p(x) use ``num_samples`` draws per point.
 
@@ -219,7 +115,7 @@ def inference_gaps(
         model, guide: a trained pair with continuous latent sites; not a point-estimate guide.
         x: the points, shape ``(N, *model.data_shape)``.
         num_samples: K for log p(x) and the ELBOs (5000 as in Burda et al.'s protocol).
-        steps, lr, num_particles: the per-point optimization (see :func:`optimize_local`).
+        steps, lr, num_particles: the per-point optimization (see :meth:`~pyro_genmod.guides.local.LocalGuide.refine`).
         seed: seeds every draw.
         max_rows: the largest number of (point, particle) rows decoded at once.
         progress: show a progress bar for the per-point optimization.
@@ -247,16 +143,16 @@ def inference_gaps(
     model.validate_data(x)
     amortized = log_likelihood(model, guide, x, num_samples, max_rows=max_rows, seed=seed, khat=False)
     if _has_local_family(guide):
-        params = optimize_local(
-            model, guide, x, steps=steps, lr=lr, num_particles=num_particles, seed=seed, max_rows=max_rows,
+        from pyro_genmod.guides.local import fit_local
+
+        local = fit_local(
+            model, x, guide, steps=steps, lr=lr, num_particles=num_particles, seed=seed, max_rows=max_rows,
             progress=progress,
         )
         chunk = max(1, max_rows // num_samples)
         estimates = [
-            log_likelihood(
-                model, LocalParameters(guide, params[s : s + chunk]), x[s : s + chunk], num_samples,
-                max_rows=chunk * num_samples, seed=seed + 1 + s, khat=False,
-            )
+            log_likelihood(model, local, x[s : s + chunk], num_samples, max_rows=chunk * num_samples,
+                           seed=seed + 1 + s, khat=False)
             for s in range(0, x.shape[0], chunk)
         ]
         # log p(x) and ELBO_local come from the same draws, so the approximation gap is >= 0.

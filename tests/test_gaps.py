@@ -11,7 +11,7 @@ import torch
 import pyro_genmod as pg
 from pyro_genmod.cli import main
 from pyro_genmod.experiment import run_experiment
-from pyro_genmod.gaps import LocalParameters, optimize_local
+from pyro_genmod.guides.local import LocalParameters, fit_local
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_local_optimization_improves_a_trained_vae(trained_vae, digits):
     s = gaps.summary()
     assert s["amortization"] > 4 * s["amortization_stderr"]  # the encoder is not per-point optimal
     assert bool((gaps.approximation >= 0).all())  # log-mean-exp >= mean on the same draws
-    params = optimize_local(model, guide, x, steps=2)
+    params = fit_local(model, x, guide, steps=2).variational_parameters(x).detach()
     assert params.shape == guide.variational_parameters(x).shape
     with pytest.raises(ValueError, match="parameters for"):
         LocalParameters(guide, params[:3])(x)
