@@ -35,7 +35,7 @@ from sklearn.mixture import GaussianMixture
 
 import pyro_genmod as pg
 from pyro_genmod.experiment import score
-from pyro_genmod.tabular import sampled_dataset
+from pyro_genmod.tasks import sampled_dataset
 
 __all__ = ["Problem", "problems", "run_rows", "main"]
 

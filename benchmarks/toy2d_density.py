@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import pyro  # noqa: E402
 
 import pyro_genmod as pg  # noqa: E402
-from pyro_genmod.toy2d import plot_learned_density  # noqa: E402
+from pyro_genmod.plots import plot_learned_density  # noqa: E402
 
 __all__ = ["main"]
 

@@ -22,7 +22,7 @@ from ._registry import (
     register_guide,
     register_model,
 )
-from .data import Dataset, load_dataset
+from .datasets import Dataset, load_dataset
 from .errors import (
     ConfigError,
     DataError,

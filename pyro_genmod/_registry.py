@@ -16,7 +16,11 @@ from .errors import ConfigError, PairingError, UnknownNameError
 from .latents import check_pair
 
 __all__ = [
+    "Registry",
+    "MODELS", "GUIDES", "DATASETS", "OBJECTIVES", "LIKELIHOODS",
     "register_model",
+    "register_objective",
+    "register_likelihood",
     "register_guide",
     "register_dataset",
     "create_model",
@@ -28,58 +32,86 @@ __all__ = [
     "summary_line",
 ]
 
-_MODELS: dict[str, type] = {}
-_GUIDES: dict[str, type] = {}
-_DATASETS: dict[str, Callable] = {}
-_discovered = False
+class Registry:
+    """Named entries of one extensible kind, each registered by a decorator in its own file.
+
+    The files of ``package`` are imported on first use, so adding an entry is adding a file to
+    that folder: ``models/``, ``guides/``, ``pyro_genmod/datasets/``, ``pyro_genmod/objectives/``
+    or ``pyro_genmod/likelihoods/`` (files starting with ``_`` and ``base.py`` hold shared code).
+    """
+
+    def __init__(self, kind: str, package: str):
+        self.kind, self.package = kind, package
+        self.table: dict[str, Any] = {}
+        self._discovered = False
+
+    def register(self, name: str):
+        def decorator(obj):
+            if name in self.table and self.table[name] is not obj:
+                raise ValueError(f"{self.kind} '{name}' is registered twice ({self.table[name]} and {obj})")
+            self.table[name] = obj
+            if isinstance(obj, type):
+                obj.registry_name = name
+            return obj
+
+        return decorator
+
+    def discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        package = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_") and info.name != "base":
+                importlib.import_module(f"{self.package}.{info.name}")
+
+    def lookup(self, name: str):
+        self.discover()
+        if name not in self.table:
+            raise UnknownNameError(f"unknown {self.kind} '{name}'; choose one of: {', '.join(sorted(self.table))}")
+        return self.table[name]
+
+    def names(self) -> list[str]:
+        self.discover()
+        return sorted(self.table)
 
 
-def _register(table: dict, kind: str, name: str):
-    def decorator(obj):
-        if name in table and table[name] is not obj:
-            raise ValueError(f"{kind} '{name}' is registered twice ({table[name]} and {obj})")
-        table[name] = obj
-        if isinstance(obj, type):
-            obj.registry_name = name
-        return obj
-
-    return decorator
+MODELS = Registry("model", "pyro_genmod.models")
+GUIDES = Registry("guide", "pyro_genmod.guides")
+DATASETS = Registry("dataset", "pyro_genmod.datasets")
+OBJECTIVES = Registry("objective", "pyro_genmod.objectives")
+LIKELIHOODS = Registry("likelihood", "pyro_genmod.likelihoods")
+_KINDS = {r.kind: r for r in (MODELS, GUIDES, DATASETS, OBJECTIVES, LIKELIHOODS)}
+_MODELS, _GUIDES, _DATASETS = MODELS.table, GUIDES.table, DATASETS.table
 
 
 def register_model(name: str):
     """Class decorator: make a :class:`GenerativeModel` subclass available as ``name``."""
-    return _register(_MODELS, "model", name)
+    return MODELS.register(name)
 
 
 def register_guide(name: str):
     """Class decorator: make a guide class available as ``name``."""
-    return _register(_GUIDES, "guide", name)
+    return GUIDES.register(name)
 
 
 def register_dataset(name: str):
-    """Function decorator: register a loader ``fn(root, download, **kwargs) -> Dataset``."""
-    return _register(_DATASETS, "dataset", name)
+    """Function decorator: register a loader ``fn(**options) -> Dataset``."""
+    return DATASETS.register(name)
 
 
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for package_name in ("pyro_genmod.models", "pyro_genmod.guides"):
-        package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(package.__path__):
-            if not info.name.startswith("_") and info.name != "base":
-                importlib.import_module(f"{package_name}.{info.name}")
-    importlib.import_module("pyro_genmod.data")
+def register_objective(name: str):
+    """Class decorator: make an :class:`~pyro_genmod.objectives.base.Objective` available as ``name``."""
+    return OBJECTIVES.register(name)
+
+
+def register_likelihood(name: str):
+    """Class decorator: make a :class:`~pyro_genmod.likelihoods.base.Likelihood` available as ``name``."""
+    return LIKELIHOODS.register(name)
 
 
 def _lookup(table: dict, kind: str, name: str):
-    _discover()
-    if name not in table:
-        known = ", ".join(sorted(table))
-        raise UnknownNameError(f"unknown {kind} '{name}'; choose one of: {known}")
-    return table[name]
+    return _KINDS[kind].lookup(name)
 
 
 def _check_options(obj, kind: str, name: str, kwargs: dict[str, Any], skip: int) -> None:
@@ -103,26 +135,22 @@ def _check_options(obj, kind: str, name: str, kwargs: dict[str, Any], skip: int)
 
 def list_models() -> list[str]:
     """Names of all registered models."""
-    _discover()
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def list_guides() -> list[str]:
     """Names of all registered guides."""
-    _discover()
-    return sorted(_GUIDES)
+    return GUIDES.names()
 
 
 def list_datasets() -> list[str]:
     """Names of all registered datasets."""
-    _discover()
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def summary_line(kind: str, name: str) -> str:
     """First line of a registered entry's docstring."""
-    table = {"model": _MODELS, "guide": _GUIDES, "dataset": _DATASETS}[kind]
-    doc = inspect.getdoc(_lookup(table, kind, name)) or ""
+    doc = inspect.getdoc(_KINDS[kind].lookup(name)) or ""
     return doc.splitlines()[0] if doc else ""
 
 

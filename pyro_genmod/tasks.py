@@ -7,11 +7,12 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from .datasets.base import Dataset
 from .errors import ConfigError
 from .programs import as_guide, as_model
 from .train import check_positive_int
 
-__all__ = ["sample", "encode"]
+__all__ = ["sample", "encode", "sampled_dataset"]
 
 
 def sample(
@@ -91,3 +92,14 @@ def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int 
         return torch.cat(means, dim=-1)
     except (NotImplementedError, AttributeError):
         return draws(mc_samples, one_hot=True).mean(dim=0)
+
+
+def sampled_dataset(model, num_train: int, num_val: int, num_test: int, seed: int = 0) -> Dataset:
+    """Train, validation and test sets drawn from ``model``'s p(x) with a fixed seed.
+
+    Useful to check a trainer against the known parameters that generated the data.
+    """
+    x = sample(model, num_train + num_val + num_test, seed=seed).detach()
+    train, val, test = torch.split(x, [num_train, num_val, num_test])
+    name = f"sampled_{getattr(model, 'registry_name', 'model')}"
+    return Dataset(name=name, train=train, val=val, test=test, options={"seed": seed})

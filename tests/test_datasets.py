@@ -11,7 +11,7 @@ import torch
 
 import pyro_genmod as pg
 from pyro_genmod.cli import main
-from pyro_genmod.toy2d import density_figure, plot_learned_density
+from pyro_genmod.plots import density_figure, plot_learned_density
 
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 NUM_TRAIN, NUM_TEST = 30, 10

@@ -15,7 +15,7 @@ from sklearn.mixture import GaussianMixture
 import pyro_genmod as pg
 from pyro_genmod.diagnostics import psis_khat
 from pyro_genmod.experiment import score
-from pyro_genmod.tabular import sampled_dataset
+from pyro_genmod.tasks import sampled_dataset
 
 SIZES = dict(num_train=2000, num_val=500, num_test=1000)
 

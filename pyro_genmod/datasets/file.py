@@ -1,0 +1,102 @@
+"""Your own data from a file: a ``.npy``, ``.npz`` or ``.csv`` array with one row per point.
+
+``genmod train --dataset file --data-opt path=points.csv`` trains on it. Files are read
+without unpickling (``allow_pickle=False``), and every problem is reported with the row of the
+file it is in, before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_genmod._registry import register_dataset
+from pyro_genmod.errors import DataError
+
+from .base import Dataset, split_and_binarize
+
+__all__ = ["array_file", "read_array"]
+
+_SUFFIXES = (".npy", ".npz", ".csv")
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """The 2-D (or higher) float array in ``path``; ``DataError`` naming the problem if not."""
+    path = Path(path)
+    if path.suffix.lower() not in _SUFFIXES:
+        raise DataError(f"data file '{path}' must end in {', '.join(_SUFFIXES)}")
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist")
+    try:
+        if path.suffix.lower() == ".csv":
+            with warnings.catch_warnings():  # an empty file is reported below, not warned about
+                warnings.simplefilter("ignore", UserWarning)
+                x = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+        else:
+            x = np.load(path, allow_pickle=False)
+            if isinstance(x, np.lib.npyio.NpzFile):
+                with x:
+                    if "x" not in x.files:
+                        raise DataError(f"data file '{path}' has no array named 'x' (it has {', '.join(x.files) or 'none'})")
+                    x = x["x"]
+    except ValueError as error:  # non-numeric CSV cells, object (pickled) arrays, bad headers
+        first = str(error).splitlines()[0]
+        if "allow_pickle" in first:
+            first = "it holds Python objects, which would need unpickling; save a numeric array"
+        raise DataError(f"cannot read data file '{path}': {first}") from None
+    except (OSError, EOFError) as error:
+        raise DataError(f"cannot read data file '{path}': {error}") from None
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"data file '{path}' holds {x.dtype} values; it needs real numbers")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataError(f"data file '{path}' is empty or not one row per point (shape {x.shape})")
+    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"data file '{path}' has NaN or inf values, first in row {int(bad.argmax())} (counting "
+            f"from 0); clean or drop those rows"
+        )
+    return x
+
+
+@register_dataset("file")
+def array_file(
+    path: str,
+    shape: list[int] | None = None,
+    binarize: bool = False,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> Dataset:
+    """Your own data from a ``.npy``, ``.npz`` (array ``x``) or ``.csv`` file, one row per point.
+
+    Arguments:
+        path: the file.
+        shape: the shape of one point, for example ``[1, 28, 28]``; default: as stored.
+        binarize: treat the values as intensities in [0, 1] and redraw Bernoulli pixels each
+            time a training point is used (validation and test are drawn once).
+        val_fraction, test_fraction: shares of the rows held out, after a seeded permutation.
+        seed: seeds the split (and the one-off binarization of validation and test).
+    """
+    x = read_array(path)
+    num = x.shape[0]
+    try:
+        x = x.reshape(num, *shape) if shape is not None else x
+    except (TypeError, ValueError):
+        raise DataError(f"rows of '{path}' have {math.prod(x.shape[1:])} values, which do not fit shape {shape}") from None
+    if not all(isinstance(f, (int, float)) and 0 <= f < 1 for f in (val_fraction, test_fraction)):
+        raise DataError("val_fraction and test_fraction must be numbers in [0, 1)")
+    num_val, num_test = max(1, round(num * val_fraction)), max(1, round(num * test_fraction))
+    if num - num_val - num_test < 1:
+        raise DataError(f"data file '{path}' has {num} rows: too few to keep {num_val} for validation and {num_test} for testing")
+    if binarize and bool(((x < 0) | (x > 1)).any()):
+        raise DataError(f"binarize=True needs values in [0, 1], but '{path}' has values in [{x.min()}, {x.max()}]")
+    tensor = torch.as_tensor(x, dtype=torch.float32)
+    options = dict(path=str(path), shape=shape, binarize=binarize, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    return split_and_binarize(
+        "file", tensor, None, num_val=num_val, num_test=num_test, binarize=binarize, seed=seed, options=options,
+    )
