@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from pyro_genmod._registry import create_guide, register_guide
 from pyro_genmod.densities import log_densities
 from pyro_genmod.errors import ConfigError
+from pyro_genmod.seeding import seeded
 
 from .base import AmortizedGuide, Guide
 from .mean_field import MeanField
 
-__all__ = ["LocalGuide", "fit_local", "LocalParameters", "optimize_local"]
+__all__ = ["LocalGuide", "fit_local", "LocalParameters"]
 
 
 class _StickingTheLanding(dist.TorchDistribution):
@@ -225,9 +226,7 @@ class LocalGuide(Guide):
         stl = not getattr(self.family, "scores_own_samples_only", False)
         chunk = max(1, max_rows // num_particles)
         losses = torch.zeros(steps, dtype=torch.float64)
-        with torch.random.fork_rng(devices=[] if x.device.type == "cpu" else [x.device]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):
             for start in range(0, x.shape[0], chunk):
                 xc, rc = x[start : start + chunk], rows[start : start + chunk]
                 params = self.local_params[rc].detach().clone().requires_grad_(True)

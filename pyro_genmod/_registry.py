@@ -10,7 +10,7 @@ import importlib
 import inspect
 import numbers
 import pkgutil
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError, PairingError, UnknownNameError
 from .latents import check_pair

@@ -39,6 +39,7 @@ from .densities import latent_log_ratios
 from .errors import ConfigError, GenmodError
 from .importance import LogLikelihood, log_likelihood
 from .runs import atomic_write_text, load_run, prepare_run_folder, save_run
+from .seeding import seeded
 from .tasks import encode
 from .train import fit
 
@@ -191,8 +192,7 @@ def kl_per_dimension(
     names = {site.name for site in model.latent_sites}
     dims = sum(math.prod(site.event_shape) or 1 for site in model.latent_sites)
     total = 0.0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         for start in range(0, x.shape[0], chunk):
             part = x[start : start + chunk]
             ratios = latent_log_ratios(model, guide, part, num_samples)

@@ -35,7 +35,8 @@ from torch.distributions import Bernoulli, Distribution, Independent
 
 from .distributions import add_log_prob, sum_event
 from .errors import FastPathUnsupported, GenmodError
-from .likelihoods import bernoulli_logits_log_prob
+from .likelihoods.base import bernoulli_logits_log_prob
+from .seeding import forked_rng
 
 __all__ = [
     "FastPathUnsupported",
@@ -262,8 +263,7 @@ def elbo_loss(model, guide, x: Tensor, num_particles: int = 1) -> Tensor:
 
 def supports_fast_elbo(model, guide, x: Tensor) -> bool:
     """Whether :func:`elbo_loss` applies to the pair; probes one data point, RNG untouched."""
-    devices = [x.device] if x.device.type != "cpu" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with forked_rng(), torch.no_grad():
         try:
             elbo_loss(model, guide, x[:1])
         except FastPathUnsupported:

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .checks import check_positive_int
 from .diagnose import check_continuous
 from .errors import ConfigError
 from .importance import log_likelihood
 from .latents import check_pair
 from .programs import as_guide, as_model
-from .train import check_positive_int
 
 __all__ = ["inference_gaps", "InferenceGaps"]
 

@@ -21,11 +21,12 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from .diagnostics import psis_khat
-from .errors import ConfigError, GenmodError
 from .densities import log_densities
+from .diagnostics import psis_khat
+from .errors import ConfigError
 from .latents import check_pair
 from .programs import as_guide, as_model
+from .seeding import seeded
 
 __all__ = ["log_importance_weights", "log_likelihood", "LogLikelihood"]
 
@@ -128,7 +129,8 @@ def log_likelihood(
         x: data, shape ``(N, *model.data_shape)``.
         num_samples: K, the number of importance samples per point.
         max_rows: largest number of (point, particle) rows decoded at once.
-        seed: seeds the draws (the global RNG is left untouched) for reproducible scores.
+        seed: seeds the draws (the global RNG is left untouched) for reproducible scores;
+            ``None`` draws fresh noise from the global generator (see :mod:`pyro_genmod.seeding`).
         khat: compute the PSIS k-hat with ArviZ.
 
     Example:
@@ -163,9 +165,7 @@ def log_likelihood(
     particles_per_chunk = min(num_samples, max_rows)
     points_per_chunk = max(1, max_rows // particles_per_chunk)
     estimates, elbos, khats = [], [], []
-    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed):
         with torch.no_grad(), poutine.block():
             for start in range(0, x.shape[0], points_per_chunk):
                 chunk = x[start : start + points_per_chunk].to(device)

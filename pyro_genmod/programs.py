@@ -51,6 +51,7 @@ from torch.distributions import constraints, transform_to
 
 from .errors import ConfigError, DataError, PairingError
 from .latents import LatentSite, check_pair
+from .seeding import seeded
 
 __all__ = ["ParamScope", "ProgramModel", "ProgramGuide", "ProgramSites", "as_model", "as_guide", "is_program",
            "trace_sites", "is_source", "load_source", "source_record"]
@@ -179,8 +180,7 @@ def trace_sites(run: Callable[[Tensor], object], x: Tensor, what: str, data_plat
     """
     sizes = [n for n in (2, 3) if n <= x.shape[0]] or [1]
     traces = []
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)
+    with seeded(0), torch.no_grad():
         for n in sizes:
             with poutine.block():
                 try:

@@ -7,10 +7,11 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from .checks import check_positive_int
 from .datasets.base import Dataset
 from .errors import ConfigError
 from .programs import as_guide, as_model
-from .train import check_positive_int
+from .seeding import seeded
 
 __all__ = ["sample", "encode", "sampled_dataset"]
 
@@ -29,14 +30,10 @@ def sample(
     if getattr(model, "is_program", False):
         if y is not None:
             raise ConfigError(f"model '{model.registry_name}' is a Pyro program called as model(x); it takes no labels y")
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed), torch.no_grad(), poutine.block():
             return model.sample_points(num_samples, mean=mean)
     labels = {} if y is None else {"y": y}
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed), torch.no_grad(), poutine.block():
         trace = poutine.trace(model).get_trace(num_samples=num_samples, **labels)
     site = trace.nodes["x"]
     return site["fn"].mean if mean else site["value"]

@@ -15,15 +15,21 @@ from tqdm.auto import tqdm
 
 from .annealing import KLSchedule
 from .checkpoint import Checkpointer
+from .checks import check_positive_int
 from .distributed import DataParallel
 from .errors import ConfigError, DataError, TrainingDiverged
 from .latents import check_pair
 from .models.base import LabelFeed, training_labels
 from .objectives import get_objective
-from .programs import as_guide, as_model
 from .optim import (
-    check_clip_grad_norm, create_lr_schedule, create_optimizer, load_schedule_state, schedule_state, step_schedule,
+    check_clip_grad_norm,
+    create_lr_schedule,
+    create_optimizer,
+    load_schedule_state,
+    schedule_state,
+    step_schedule,
 )
+from .programs import as_guide, as_model
 
 __all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int"]
 
@@ -43,12 +49,6 @@ class FitResult:
     @property
     def epochs_run(self) -> int:
         return len(self.history)
-
-
-def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def parameters(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
