@@ -13,6 +13,7 @@ from torch.distributions.transforms import ComposeTransform, ReshapeTransform, T
 
 from pyro_genmod.distributions import posterior_draws
 from pyro_genmod.latents import LatentSite
+from pyro_genmod.markers import contract_default
 from pyro_genmod.nn import mlp
 
 __all__ = ["Guide", "AmortizedGuide", "unconstraining", "onto_site"]
@@ -51,6 +52,7 @@ class Guide(nn.Module):
                 return f"latent site {site.describe()}: {problem}"
         return None
 
+    @contract_default
     def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
         # Discrete sites are marked for enumeration: TraceEnum_ELBO sums over them exactly,
         # every other estimator (and the scorer) samples them.

@@ -9,8 +9,10 @@ import torch
 from pyro.distributions import Distribution
 from torch import Tensor, nn
 
+from pyro_genmod.checks import check_points
 from pyro_genmod.errors import DataError
 from pyro_genmod.latents import LatentSite
+from pyro_genmod.markers import contract_default
 
 __all__ = ["GenerativeModel", "LabelFeed", "takes_labels", "with_labels", "training_labels"]
 
@@ -52,6 +54,7 @@ class GenerativeModel(nn.Module):
         self.data_shape = tuple(int(d) for d in data_shape)
         self.init_kwargs: dict = {}
 
+    @contract_default
     def forward(self, x: Tensor | None = None, num_samples: int | None = None) -> Tensor:
         num = x.shape[0] if x is not None else num_samples
         if num is None:
@@ -60,6 +63,7 @@ class GenerativeModel(nn.Module):
             latents = self.prior()
             return pyro.sample("x", self.likelihood(latents), obs=x)
 
+    @contract_default
     def prior(self) -> dict[str, Tensor]:
         """Sample every latent site from p(z); return ``{site name: value}``.
 
@@ -77,6 +81,7 @@ class GenerativeModel(nn.Module):
         """p(x | z) with event shape ``data_shape``."""
         raise NotImplementedError
 
+    @contract_default
     def likelihood_log_prob(self, latents: dict[str, Tensor], x: Tensor) -> Tensor:
         """log p(x | z) per data point: ``likelihood(latents).log_prob(x)``. A model may compute
         it without building the distribution; the trace-free training step calls it."""
@@ -97,24 +102,7 @@ class GenerativeModel(nn.Module):
 
     def validate_data(self, x: Tensor, what: str = "data") -> None:
         """Raise :class:`DataError` naming the problem if ``x`` cannot be scored by this model."""
-        if not isinstance(x, Tensor):
-            raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim < 1 or x.shape[0] == 0:
-            raise DataError(f"{what} is empty; pass at least one data point")
-        if tuple(x.shape[1:]) != self.data_shape:
-            raise DataError(
-                f"{what} has point shape {tuple(x.shape[1:])} but model "
-                f"'{self.registry_name}' was built for {self.data_shape}; rebuild the model "
-                f"for this data with create_model(name, data)"
-            )
-        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-        if not bool(finite.all()):
-            row = int((~finite).nonzero()[0])
-            raise DataError(f"{what} has NaN or inf values, first in row {row}")
-        problem = getattr(self, "observation", None)
-        problem = problem.data_problem(x) if problem is not None else None
-        if problem:
-            raise DataError(f"{what}: {problem}")
+        check_points(x, self.data_shape, self.registry_name, what, getattr(self, "observation", None))
 
 
 def takes_labels(fn) -> bool:

@@ -5,25 +5,14 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pyro_genmod._registry import register_model
+from pyro_genmod.nn import join_label
 
 from .vae import VAE
 
-__all__ = ["ConditionalVAE", "join_label"]
-
-
-def join_label(features: Tensor, y: Tensor, num_classes: int) -> Tensor:
-    """``[features, one_hot(y)]`` on the last dimension, broadcasting their batch dimensions.
-
-    ``features`` has shape ``(..., F)`` and ``y`` integer shape ``(...)``; under enumeration or
-    particle plates the two batch shapes differ, so both are expanded to the broadcast shape.
-    """
-    one_hot = F.one_hot(y.long(), num_classes).to(features.dtype)
-    batch = torch.broadcast_shapes(features.shape[:-1], one_hot.shape[:-1])
-    return torch.cat([features.expand(*batch, -1), one_hot.expand(*batch, -1)], dim=-1)
+__all__ = ["ConditionalVAE"]
 
 
 @register_model("cvae")

@@ -10,24 +10,21 @@ from math import prod
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from torch import Tensor
 from torch.distributions import constraints
 
-from pyro_genmod._registry import register_guide, register_model
+from pyro_genmod._registry import register_model
 from pyro_genmod.distributions import standard_normal
 from pyro_genmod.errors import ConfigError
-from pyro_genmod.guides.base import Guide
 from pyro_genmod.latents import LatentSite
 from pyro_genmod.likelihoods import create_likelihood
-from pyro_genmod.nn import mlp
+from pyro_genmod.nn import join_label, mlp
 
 from .base import GenerativeModel
-from .cvae import join_label
 from .vae import make_decoder
 
-__all__ = ["M2", "M2Guide", "hide_labels"]
+__all__ = ["M2", "hide_labels"]
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -136,49 +133,6 @@ class M2(GenerativeModel):
                 label = torch.where(labelled, known, label)
             z = self._sample_z()
             return pyro.sample("x", self.likelihood({"y": label, "z": z}), obs=x)
-
-
-@register_guide("m2")
-class M2Guide(Guide):
-    r"""M2's own inference network: q(y|x) q(z|x, y), diagonal Normal z.
-
-    q(y|x) is the model's classifier (:meth:`M2.classify`); y is marked for parallel
-    enumeration. On labelled rows (``y >= 0``) the y site is masked out and z is drawn given
-    the known label. Fits model ``m2`` only.
-
-    References:
-        | Semi-Supervised Learning with Deep Generative Models (Kingma et al., 2014)
-          https://arxiv.org/abs/1406.5298
-
-    Arguments:
-        model: an :class:`M2`.
-        hidden: hidden widths of the q(z|x, y) network.
-        activation: its activation.
-    """
-
-    @classmethod
-    def unsupported_reason(cls, model) -> str | None:
-        if not isinstance(model, M2):
-            return "guide 'm2' is the inference network of model 'm2' (q(y|x) q(z|x, y)) and fits no other model"
-        return None
-
-    def __init__(self, model, hidden: Sequence[int] = (256,), activation: str = "softplus"):
-        super().__init__(model)
-        object.__setattr__(self, "_model", model)  # the classifier's parameters are the model's
-        self.encoder = mlp(prod(self.data_shape) + model.num_classes, hidden, 2 * model.latent_dim, activation)
-
-    def forward(self, x: Tensor, num_samples: int | None = None, y: Tensor | None = None) -> dict[str, Tensor]:
-        model = self._model
-        labelled = y >= 0 if y is not None else None
-        with pyro.plate("data", x.shape[0]):
-            with poutine.mask(mask=~labelled) if labelled is not None else nullcontext():
-                q_y = dist.Categorical(logits=model.classify(x))
-                label = pyro.sample("y", q_y, infer={"enumerate": "parallel"})
-            if labelled is not None:
-                label = torch.where(labelled, y.clamp(min=0), label)
-            loc, raw_scale = self.encoder(join_label(_flat(x), label, model.num_classes)).chunk(2, dim=-1)
-            z = pyro.sample("z", dist.Normal(loc, F.softplus(raw_scale) + 1e-4).to_event(1))
-        return {"y": label, "z": z}
 
 
 def hide_labels(data, num_labels: int, seed: int = 0):

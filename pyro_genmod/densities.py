@@ -36,6 +36,7 @@ from torch.distributions import Bernoulli, Distribution, Independent
 from .distributions import add_log_prob, sum_event
 from .errors import FastPathUnsupported, GenmodError
 from .likelihoods.base import bernoulli_logits_log_prob
+from .markers import is_contract_default
 from .seeding import forked_rng
 
 __all__ = [
@@ -199,25 +200,18 @@ def _runs_contract_programs(model, guide) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _contract_types(model_type: type, guide_type: type) -> bool:
-    from pyro_genmod.guides.base import Guide
-    from pyro_genmod.models.base import GenerativeModel
-
-    return model_type.forward is GenerativeModel.forward and guide_type.forward is Guide.forward
+    return is_contract_default(model_type.forward) and is_contract_default(guide_type.forward)
 
 
 @functools.lru_cache(maxsize=256)
 def _independent_prior(model_type: type) -> bool:
     """Whether the model's ``prior`` is the contract's: its ``prior_distributions``, site by site."""
-    from pyro_genmod.models.base import GenerativeModel
-
-    return model_type.prior is GenerativeModel.prior
+    return is_contract_default(model_type.prior)
 
 
 @functools.lru_cache(maxsize=256)
 def _computes_likelihood_log_prob(model_type: type) -> bool:
-    from pyro_genmod.models.base import GenerativeModel
-
-    return model_type.likelihood_log_prob is not GenerativeModel.likelihood_log_prob
+    return not is_contract_default(model_type.likelihood_log_prob)
 
 
 def _contract_densities(model, guide, x: Tensor) -> tuple[Tensor, Tensor]:

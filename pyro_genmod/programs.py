@@ -49,6 +49,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
 
+from .checks import check_points
 from .errors import ConfigError, DataError, PairingError
 from .latents import LatentSite, check_pair
 from .seeding import seeded
@@ -327,9 +328,7 @@ class ProgramModel(_Program):
         return self._run(x, *args, **kwargs)
 
     def validate_data(self, x: Tensor, what: str = "data") -> None:
-        from pyro_genmod.models.base import GenerativeModel
-
-        GenerativeModel.validate_data(self, x, what)
+        check_points(x, self.data_shape, self.registry_name, what)
 
     def _observation(self, num: int, run) -> dict:
         if len(self.observed_sites) != 1:
