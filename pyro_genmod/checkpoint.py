@@ -4,9 +4,11 @@ A checkpoint holds everything a fit needs to continue bit for bit where it stopp
 guide tensors, the optimizer state, the RNG states (torch, numpy, python and the fit's
 data-order generator), the epoch, the step within it, that epoch's data order, the history so
 far, and a ``spec`` saying how to rebuild the run. Tensors are stored as safetensors; every
-other value lives as JSON in the file's metadata, under a SHA-256 digest of the tensors, so a
-truncated or altered file is refused instead of half-loaded. Nothing is ever unpickled: a
-``torch.save`` file (a pickle, which can run code when loaded) is refused before it is parsed.
+other value lives as JSON in the file's metadata, beside a SHA-256 digest of the tensors and of
+that metadata (its canonical JSON, everything but the digest itself), so a truncated, corrupted
+or hand-edited file (say, a changed epoch) is refused instead of half-loaded or silently resumed.
+Nothing is ever unpickled: a ``torch.save`` file (a pickle, which can run code when loaded) is
+refused before it is parsed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from .errors import ConfigError, GenmodError, RunFolderError
-from .runs import _atomic_write
+from .runs import CHECKPOINT_FILE, _atomic_write
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -37,8 +39,9 @@ __all__ = [
     "load_checkpoint",
 ]
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the digest covers the metadata too
+# version 1 files (written before that) are still read, their digest checked over the tensors only
+_READABLE_VERSIONS = (1, 2)
 _META_KEY = "pyro_genmod_checkpoint"
 # torch.save writes a zip archive around a pickle; older files and plain pickles start with
 # the pickle PROTO opcode and a protocol number. Used only to name the problem in the error.
@@ -60,20 +63,28 @@ class Checkpoint:
         return found or None
 
 
-def _digest(tensors: dict[str, Tensor]) -> str:
+def _canonical(meta: dict) -> bytes:
+    """The metadata the digest covers: canonical JSON of everything but the digest itself."""
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode()
+
+
+def _digest(tensors: dict[str, Tensor], meta: dict | None) -> str:
+    """SHA-256 of the tensors and (``meta`` not None) of the metadata's canonical JSON."""
     sha = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name]
         sha.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if meta is not None:
+        sha.update(b"meta:")
+        sha.update(_canonical(meta))
     return sha.hexdigest()
 
 
 def _write_bytes(path: str, payload: bytes) -> None:
-    with open(path, "wb") as handle:
+    with open(path, "wb") as handle:  # _atomic_write syncs it before moving it into place
         handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict) -> Path:
@@ -85,7 +96,9 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], meta: d
     """
     path = Path(path)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}  # no shared storage
-    meta = {"version": CHECKPOINT_VERSION, **meta, "sha256": _digest(tensors)}
+    # as it will read back (tuples become lists, keys strings), so the digest matches on loading
+    meta = json.loads(json.dumps({"version": CHECKPOINT_VERSION, **meta}))
+    meta["sha256"] = _digest(tensors, meta)
     payload = safetensors_bytes(tensors, metadata={_META_KEY: json.dumps(meta)})
     try:
         _atomic_write(path, lambda tmp: _write_bytes(tmp, payload))
@@ -129,15 +142,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         meta = None
     if not isinstance(meta, dict):
         raise RunFolderError(f"'{path}' is a safetensors file but not a pyro-genmod checkpoint (no metadata)")
-    if meta.get("version") != CHECKPOINT_VERSION:
+    version = meta.get("version")
+    if type(version) is not int or version not in _READABLE_VERSIONS:
         raise RunFolderError(
-            f"checkpoint '{path}' has format version {meta.get('version')!r}, but this "
-            f"pyro-genmod reads version {CHECKPOINT_VERSION}; start the run again"
+            f"checkpoint '{path}' has format version {version!r}, but this pyro-genmod reads "
+            f"versions {_READABLE_VERSIONS[0]} to {CHECKPOINT_VERSION}; start the run again"
         )
-    if meta.get("sha256") != _digest(tensors):
+    if meta.get("sha256") != _digest(tensors, meta if version >= 2 else None):
         raise RunFolderError(
-            f"checkpoint '{path}' is corrupted (its tensors do not match the stored SHA-256); "
-            f"resume from an intact copy or start the run again"
+            f"checkpoint '{path}' was altered after it was written (its tensors or its metadata, such as "
+            f"the epoch and step, do not match its SHA-256: edited by hand, or corrupted); resume from "
+            f"an intact copy or start the run again"
         )
     return Checkpoint(tensors=tensors, meta=meta, path=path)
 

@@ -191,7 +191,7 @@ def cmd_sample(args) -> int:
     import torchvision.utils
 
     from .errors import DataError, RunFolderError
-    from .runs import load_run
+    from .runs import atomic_write, load_run
     from .tasks import sample
 
     out = Path(args.out)
@@ -203,9 +203,14 @@ def cmd_sample(args) -> int:
     if not run.data.is_image:
         raise DataError(f"dataset '{run.data.name}' is not made of images (shape {run.data.shape}); cannot draw a grid")
     x = sample(run.model, args.num, mean=not args.draws, seed=args.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
     grid = torchvision.utils.make_grid(x.clamp(0, 1), nrow=max(1, int(math.sqrt(args.num))), padding=1, pad_value=0.5)
-    torchvision.utils.save_image(grid, str(out))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(f"cannot create the folder of '{out}': {error.strerror or error}") from None
+    # a temporary file beside --out, then os.replace: an old image survives a full disk or a kill
+    image_format = "png" if out.suffix.lower() == ".png" else "jpeg"
+    atomic_write(out, lambda tmp: torchvision.utils.save_image(grid, tmp, format=image_format), what="image")
     print(f"wrote {args.num} samples to {out}")
     return 0
 
@@ -226,12 +231,14 @@ def cmd_diagnose(args) -> int:
     import warnings
 
     from .diagnose import check_continuous, diagnose
-    from .runs import load_run
+    from .runs import check_output_folder, load_run
 
     run = load_run(args.run)
     check_continuous(run.model, "genmod diagnose")
     count = min(args.points, run.data.test.shape[0])
     out = Path(args.out) if args.out else run.path / "diagnose"
+    # refuse before the NUTS runs; the files are then replaced all at once (diagnose._write)
+    check_output_folder(out, args.overwrite, what="diagnose output folder")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the report lists convergence warnings
         result = diagnose(
@@ -387,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--num-samples", "-K", type=_positive_int, default=5000, help="importance samples for k-hat")
     diag.add_argument("--seed", type=int, default=0)
     diag.add_argument("--out", default=None, help="output folder (default: RUN/diagnose)")
+    diag.add_argument("--overwrite", action="store_true", help="replace the files of an earlier diagnosis in --out")
     diag.add_argument("--quiet", action="store_true", help="no progress bars")
     diag.set_defaults(func=cmd_diagnose)
 

@@ -386,8 +386,32 @@ def _convergence_warnings(table, num_chains: int, runs) -> list[str]:
     return found
 
 
+# every file diagnose writes, in the order a commit moves them into place (the report last)
+OUTPUT_FILES = (
+    "reference.nc", "guide.nc", "summary.csv", "table.csv", "points.csv", "khat.png", "pair.png",
+    "reconstructions.png", "report.md",
+)
+
+
 def _write(result: Diagnosis, out: Path, model, guide_draws, x, sites, dims, pair, ref_sd, count) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the files into a staging folder inside ``out``, then replace the ones of an earlier
+    diagnosis all at once (under ``out``'s lock; see :mod:`pyro_genmod.runs`): a kill or a full
+    disk leaves the earlier files or the new ones, never a mix. Other files in ``out`` are kept."""
+    from .errors import RunFolderError
+    from .runs import take_output_folder
+
+    taken = take_output_folder(out, OUTPUT_FILES, what="diagnose output folder")
+    try:
+        files = _write_files(result, taken.work, model, guide_draws, x, sites, dims, pair, ref_sd, count)
+        taken.commit()
+    except OSError as error:
+        raise RunFolderError(f"cannot write diagnose output folder '{out}': {error.strerror or error}") from None
+    finally:
+        taken.release()
+    return {key: out / path.name for key, path in files.items()}
+
+
+def _write_files(result: Diagnosis, out: Path, model, guide_draws, x, sites, dims, pair, ref_sd, count) -> dict[str, Path]:
     files = {
         "reference": diagnostics.write_netcdf(result.reference, out / "reference.nc"),
         "guide": diagnostics.write_netcdf(result.guide, out / "guide.nc"),

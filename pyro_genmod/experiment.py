@@ -9,11 +9,11 @@ import torch
 
 from ._registry import create_guide, create_model
 from .data import Dataset
-from .checkpoint import CHECKPOINT_FILE, Checkpointer
+from .checkpoint import Checkpointer
 from .distributed import is_main_process
 from .errors import DataError, GenmodError, RunFolderError, TrainingDiverged
 from .importance import LogLikelihood, log_importance_weights, log_likelihood
-from .runs import prepare_run_folder, save_run
+from .runs import resume_folder, save_run, take_run_folder
 from .train import FitResult, check_positive_int, fit
 
 __all__ = ["score", "run_experiment", "resume_experiment"]
@@ -96,13 +96,27 @@ def run_experiment(
     model = create_model(model_name, data, **(model_options or {}))
     guide = create_guide(guide_name, model, **(guide_options or {}))
     created = None  # the outermost folder this call creates, removed again if fit refuses its input
-    if folder is not None and resume:
-        if (folder / "config.json").is_file():
-            raise RunFolderError(f"run folder '{folder}' holds a finished run; there is nothing to resume")
-    elif folder is not None and main:
-        created = next((p for p in reversed((folder, *folder.parents)) if not p.exists()), None)
-        folder = prepare_run_folder(folder, overwrite)
-        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # a stale one must never be resumed
+    taken = None  # the run folder, locked by this process until the run is saved (main process)
+    if folder is not None and main:
+        if not resume:
+            created = next((p for p in reversed((folder, *folder.parents)) if not p.exists()), None)
+        taken = take_run_folder(folder, overwrite=overwrite, resume=resume)
+        folder = taken.work  # the folder itself, or its staging folder when replacing a run
+    elif folder is not None and resume:
+        folder = resume_folder(folder)
+    try:
+        return _fit_score_save(
+            model, guide, data, folder, taken, created, main, resume, num_samples, eval_seed,
+            model_name, guide_name, model_options, guide_options, checkpoint_every, fit_options,
+        )
+    finally:
+        if taken is not None:
+            taken.release()
+
+
+def _fit_score_save(model, guide, data, folder, taken, created, main, resume, num_samples, eval_seed,
+                    model_name, guide_name, model_options, guide_options, checkpoint_every, fit_options):
+    """The body of :func:`run_experiment` once its run folder is taken (``taken``: None off rank 0)."""
     if folder is not None:
         spec = {
             "model": {"name": model_name, "options": model_options or {}},
@@ -119,6 +133,8 @@ def run_experiment(
     except TrainingDiverged as error:
         diverged, result = error, error.result
     except GenmodError:
+        if taken is not None:
+            taken.release()
         _remove_empty(folder, created)
         raise
     if not main:
@@ -133,6 +149,7 @@ def run_experiment(
             "evaluation": {"num_samples": num_samples, "seed": eval_seed, "proposal": proposal},
         }
         save_run(folder, model=model, guide=guide, data=data, config=config, metrics=metrics, history=result.history)
+        folder = taken.commit() if taken is not None else folder
     if diverged is not None:
         raise diverged
     return metrics, result, folder
@@ -164,7 +181,7 @@ def resume_experiment(
     folder = Path(out)
     if not folder.is_dir():
         raise RunFolderError(f"run folder '{folder}' does not exist; nothing to resume")
-    spec = Checkpointer(folder).load().meta.get("spec") or {}
+    spec = Checkpointer(resume_folder(folder)).load().meta.get("spec") or {}
     try:
         model, guide, dataset, evaluation = spec["model"], spec["guide"], spec["dataset"], spec["evaluation"]
         options = dict(
