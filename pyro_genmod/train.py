@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .annealing import KLSchedule
 from .checkpoint import Checkpointer
 from .checks import check_positive_int
+from .densities import log_densities
 from .distributed import DataParallel
 from .errors import ConfigError, DataError, TrainingDiverged
 from .latents import check_pair
@@ -63,12 +64,11 @@ def parameters(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def evaluate_elbo(model, guide, x: Tensor, batch_size: int = 1024) -> float:
     """Mean single-sample ELBO per point on ``x`` (no gradients), whatever the training objective."""
-    from .importance import log_importance_weights
-
     total = 0.0
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            total += float(log_importance_weights(model, guide, x[start : start + batch_size], 1).sum())
+            log_p, log_q = log_densities(model, guide, x[start : start + batch_size], 1, per_point=True)
+            total += float((log_p - log_q).sum())
     return total / x.shape[0]
 
 
@@ -159,18 +159,234 @@ def fit(
         restored to the last good state and :class:`TrainingDiverged` is raised, carrying the
         result so far.
     """
-    model = as_model(model, data)
-    guide = as_guide(guide, model, data)
-    check_positive_int("epochs", epochs)
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("num_particles", num_particles)
-    if early_stopping is not None:
-        check_positive_int("early_stopping", early_stopping)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"the learning rate must be a positive number, got {lr!r}")
-    clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
-    check_pair(model, guide)
-    loss_fn = get_objective(objective, num_particles)
+    run = _Fit(
+        model, guide, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
+        num_particles=num_particles, early_stopping=early_stopping, device=device, checkpoint=checkpoint,
+        distributed=distributed, beta=beta, kl_warmup=kl_warmup, free_bits=free_bits, optimizer=optimizer,
+        optimizer_options=optimizer_options, lr_schedule=lr_schedule, lr_schedule_options=lr_schedule_options,
+        clip_grad_norm=clip_grad_norm,
+    )
+    if resume:
+        run.restore()
+    return run.train(progress)
+
+
+class _Fit:
+    """One call of :func:`fit`, in parts: the setup (checks, device, optimizer, options), the
+    data order, one optimizer step, the end-of-epoch validation and the checkpoint."""
+
+    def __init__(
+        self, model, guide, data, *, epochs, batch_size, lr, seed, objective, num_particles, early_stopping,
+        device, checkpoint, distributed, beta, kl_warmup, free_bits, optimizer, optimizer_options, lr_schedule,
+        lr_schedule_options, clip_grad_norm,
+    ):
+        model = as_model(model, data)
+        guide = as_guide(guide, model, data)
+        check_positive_int("epochs", epochs)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("num_particles", num_particles)
+        if early_stopping is not None:
+            check_positive_int("early_stopping", early_stopping)
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"the learning rate must be a positive number, got {lr!r}")
+        self.clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
+        check_pair(model, guide)
+        self.loss_fn = get_objective(objective, num_particles)
+        _check_data(model, data)
+
+        self.ddp = ddp = DataParallel.current() if distributed else None
+        if device is None and ddp is not None and ddp.device.type == "cuda":
+            device = ddp.device  # under NCCL each rank trains on its own GPU
+        device = torch.device(device) if device is not None else next(
+            (p.device for p in model.parameters()), torch.device("cpu")
+        )
+        model.to(device)
+        guide.to(device)
+        self.model, self.guide, self.data, self.device = model, guide, data, device
+        self.train_x, self.val_x = data.train.to(device), data.val.to(device)
+        self.world = ddp.world_size if ddp else 1
+        pyro.set_rng_seed(seed + (ddp.rank if ddp else 0))  # ranks draw different latent noise
+        self.generator = torch.Generator(device=device).manual_seed(seed)  # same data order on all ranks
+        if ddp:
+            ddp.broadcast_parameters((model, guide))
+        self.params = parameters(model, guide)
+        self.optimizer = create_optimizer(self.params, lr, optimizer, optimizer_options)
+        self.scheduler = create_lr_schedule(self.optimizer, lr_schedule, lr_schedule_options)
+        self.epochs, self.batch_size, self.early_stopping = epochs, batch_size, early_stopping
+        options = dict(
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
+            num_particles=num_particles, early_stopping=early_stopping,
+            beta=beta, kl_warmup=kl_warmup, free_bits=free_bits,
+        )
+        recipe = dict(
+            optimizer=_recipe_name(optimizer), optimizer_options=optimizer_options or None,
+            lr_schedule=_recipe_name(lr_schedule), lr_schedule_options=lr_schedule_options or None,
+            clip_grad_norm=self.clip_grad_norm,
+        )
+        options.update({k: v for k, v in recipe.items() if v is not None})  # absent when default
+        if ddp:
+            options["world_size"] = self.world
+        self.options = options
+        self.result = FitResult(model=model, guide=guide, options=options)
+        self.num_train = self.train_x.shape[0] + (-self.train_x.shape[0] % self.world)  # padded like DistributedSampler
+        self.steps_per_epoch = math.ceil(self.num_train / (batch_size * self.world))
+        self.kl_schedule = KLSchedule.per_epoch(beta, kl_warmup, free_bits, self.steps_per_epoch)
+        labels = training_labels(model, data)
+        self.labels = labels.to(device) if labels is not None else None
+        self.feed = LabelFeed()
+        self.model_fn, self.guide_fn = (
+            (self.feed.bind(model), self.feed.bind(guide)) if self.labels is not None else (model, guide)
+        )
+        self.last_good = _snapshot(model, guide)
+        self.best = (-math.inf, self.last_good)
+        self.saver = Checkpointer(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+        self.first_epoch, self.skip, self.order, self.epoch_loss, self.elapsed = 1, 0, None, 0.0, 0.0
+
+    # --- checkpointing ---------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Continue from the checkpoint: parameters, optimizer, schedule, RNGs, data order, history."""
+        if self.saver is None:
+            raise ConfigError("resume=True needs checkpoint=<run folder> to resume from")
+        r = self.saver.restore(self.model, self.guide, self.optimizer, self.generator, self.options, self.ddp)
+        load_schedule_state(self.scheduler, r.schedule)
+        self.first_epoch, self.skip, self.order, self.epoch_loss, self.elapsed = r.epoch, r.step, r.order, r.epoch_loss, r.seconds
+        self.result.history, self.result.best_epoch = r.history, r.best_epoch
+        self.last_good = r.last_good or _snapshot(self.model, self.guide)
+        self.best = (r.best_value, r.best or self.last_good)
+
+    def save(self, next_epoch: int, next_step: int) -> None:
+        """Checkpoint the fit as it stands before step ``next_step`` of epoch ``next_epoch``."""
+        progress = dict(
+            epoch=next_epoch, step=next_step, epoch_loss=self.epoch_loss, history=self.result.history,
+            seconds=time.perf_counter() - self.start, best_epoch=self.result.best_epoch, best_value=self.best[0],
+            options=self.options, schedule=schedule_state(self.scheduler),
+        )
+        mid_epoch = next_step > 0
+        self.saver.save(
+            self.model, self.guide, self.optimizer, self.generator, progress,
+            order=self.order if mid_epoch else None, last_good=self.last_good if mid_epoch else None,
+            best=self.best[1] if self.early_stopping else None, ddp=self.ddp,
+        )
+
+    # --- data order, the step, validation -----------------------------------------------------
+
+    def batches(self):
+        """``(step, rows)`` of this epoch's minibatches (the epoch's order is drawn once and kept,
+        so a checkpoint taken mid-epoch resumes the same order), skipping steps done before a resume."""
+        if self.order is None:
+            self.order = torch.randperm(self.train_x.shape[0], generator=self.generator, device=self.device)
+        order = self.ddp.pad(self.order) if self.ddp else self.order
+        for step, index in enumerate(order.split(self.batch_size * self.world)):
+            if step >= self.skip:  # steps before it were done before the checkpoint this fit resumed from
+                yield step, index
+
+    def step(self, epoch: int, step: int, index: Tensor) -> float:
+        """One optimizer step on the minibatch ``index``; returns the loss (summed over the batch)."""
+        ddp = self.ddp
+        batch = self.data.training_batch(self.train_x[index], self.generator)
+        if ddp:  # binarize the global batch, so the draws match one process, then shard
+            batch = ddp.shard(batch)
+        if self.labels is not None:
+            self.feed.y = ddp.shard(self.labels[index]) if ddp else self.labels[index]
+        differentiable, value = self.kl_schedule(
+            self.loss_fn, self.model_fn, self.guide_fn, batch, step=(epoch - 1) * self.steps_per_epoch + step
+        )
+        if ddp:
+            value = ddp.sum(value)
+        if not math.isfinite(value):
+            self._diverged(
+                f"non-finite loss ({value}) at epoch {epoch}, step {step + 1}",
+                f"training stopped: the loss became {value} at epoch {epoch}, step {step + 1}; parameters "
+                f"were restored to the end of epoch {epoch - 1} (try a smaller learning rate)",
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        differentiable.backward()
+        if ddp:
+            ddp.sum_gradients(self.optimizer.param_groups[0]["params"])
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+        self.optimizer.step()
+        return value
+
+    def validate(self, epoch: int) -> bool:
+        """Score the validation set, record the epoch, keep the best state; ``False`` when
+        early stopping ends the fit (the best parameters are then restored)."""
+        model, guide, result = self.model, self.guide, self.result
+        model.eval(), guide.eval()
+        if self.ddp:
+            val_elbo = self.ddp.mean_over_shards(lambda x: evaluate_elbo(model, guide, x), self.val_x)
+        else:
+            val_elbo = evaluate_elbo(model, guide, self.val_x)
+        record = {
+            "epoch": epoch,
+            "train_elbo": -self.epoch_loss / self.num_train,
+            "val_elbo": val_elbo,
+            "seconds": time.perf_counter() - self.start,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        result.history.append(record)
+        self.bar.set_postfix(train_elbo=f"{record['train_elbo']:.2f}", val_elbo=f"{val_elbo:.2f}")
+        if not math.isfinite(val_elbo):
+            self._diverged(
+                f"non-finite validation ELBO at epoch {epoch}",
+                f"training stopped: the validation ELBO became {val_elbo} at epoch {epoch}; parameters "
+                f"were restored to the end of epoch {epoch - 1}",
+            )
+        self.last_good = _snapshot(model, guide)
+        if val_elbo > self.best[0]:
+            self.best = (val_elbo, self.last_good)
+            result.best_epoch = epoch
+        elif self.early_stopping is not None and epoch - result.best_epoch >= self.early_stopping:
+            model.load_state_dict(self.best[1][0]), guide.load_state_dict(self.best[1][1])
+            result.stopped_reason = (
+                f"early stopping: no validation improvement for {self.early_stopping} epochs; "
+                f"restored epoch {result.best_epoch}"
+            )
+            return False
+        if self.scheduler is not None:
+            step_schedule(self.scheduler, val_elbo)
+        return True
+
+    def _diverged(self, reason: str, message: str) -> None:
+        self.model.load_state_dict(self.last_good[0]), self.guide.load_state_dict(self.last_good[1])
+        self.result.stopped_reason = reason
+        self.result.train_seconds = time.perf_counter() - self.start
+        raise TrainingDiverged(message, self.result)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def train(self, progress: bool) -> FitResult:
+        ddp, spe = self.ddp, self.steps_per_epoch
+        self.start = time.perf_counter() - self.elapsed
+        total = self.epochs * spe
+        self.bar = tqdm(
+            total=total, initial=min((self.first_epoch - 1) * spe + self.skip, total),
+            disable=None if progress and (ddp is None or ddp.is_main) else True, unit="step", leave=False,
+        )
+        try:
+            for epoch in range(self.first_epoch, self.epochs + 1):
+                self.model.train(), self.guide.train()
+                for step, index in self.batches():
+                    self.epoch_loss += self.step(epoch, step, index)
+                    self.bar.update(1)
+                    if self.saver is not None and self.saver.due((epoch - 1) * spe + step + 1):
+                        self.save(epoch, step + 1)
+                if not self.validate(epoch):
+                    break
+                self.order, self.skip, self.epoch_loss = None, 0, 0.0
+                if self.saver is not None:
+                    self.save(epoch + 1, 0)
+        finally:
+            self.bar.close()
+            self.result.train_seconds = time.perf_counter() - self.start
+        self.model.eval(), self.guide.eval()
+        return self.result
+
+
+def _check_data(model, data) -> None:
+    """The training and validation points fit the model (a dynamically binarized training set
+    is checked on one binarized draw)."""
     train = data.train
     if data.binarization == "dynamic":
         if bool(((train < 0) | (train > 1)).any()):
@@ -179,156 +395,3 @@ def fit(
     else:
         model.validate_data(train, "training data")
     model.validate_data(data.val, "validation data")
-
-    ddp = DataParallel.current() if distributed else None
-    if device is None and ddp is not None and ddp.device.type == "cuda":
-        device = ddp.device  # under NCCL each rank trains on its own GPU
-    device = torch.device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu")
-    )
-    model.to(device)
-    guide.to(device)
-    train, val = train.to(device), data.val.to(device)
-    world = ddp.world_size if ddp else 1
-    pyro.set_rng_seed(seed + (ddp.rank if ddp else 0))  # ranks draw different latent noise
-    generator = torch.Generator(device=device).manual_seed(seed)  # same data order on all ranks
-    if ddp:
-        ddp.broadcast_parameters((model, guide))
-    params = parameters(model, guide)
-    optimizer_name, schedule_name = optimizer, lr_schedule
-    optimizer = create_optimizer(params, lr, optimizer, optimizer_options)
-    scheduler = create_lr_schedule(optimizer, lr_schedule, lr_schedule_options)
-    options = dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
-        num_particles=num_particles, early_stopping=early_stopping,
-        beta=beta, kl_warmup=kl_warmup, free_bits=free_bits,
-    )
-    recipe = dict(
-        optimizer=_recipe_name(optimizer_name), optimizer_options=optimizer_options or None,
-        lr_schedule=_recipe_name(schedule_name), lr_schedule_options=lr_schedule_options or None,
-        clip_grad_norm=clip_grad_norm,
-    )
-    options.update({k: v for k, v in recipe.items() if v is not None})  # absent when default
-    if ddp:
-        options["world_size"] = world
-    result = FitResult(model=model, guide=guide, options=options)
-    num_train = train.shape[0] + (-train.shape[0] % world)  # padded like DistributedSampler
-    steps_per_epoch = math.ceil(num_train / (batch_size * world))
-    schedule = KLSchedule.per_epoch(beta, kl_warmup, free_bits, steps_per_epoch)
-    labels = training_labels(model, data)
-    labels = labels.to(device) if labels is not None else None
-    feed = LabelFeed()
-    model_fn, guide_fn = (feed.bind(model), feed.bind(guide)) if labels is not None else (model, guide)
-    last_good = _snapshot(model, guide)
-    best = (-math.inf, last_good)
-    saver = Checkpointer(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    first_epoch, skip, order, epoch_loss, elapsed = 1, 0, None, 0.0, 0.0
-    if resume:
-        if saver is None:
-            raise ConfigError("resume=True needs checkpoint=<run folder> to resume from")
-        r = saver.restore(model, guide, optimizer, generator, options, ddp)
-        load_schedule_state(scheduler, r.schedule)
-        first_epoch, skip, order, epoch_loss, elapsed = r.epoch, r.step, r.order, r.epoch_loss, r.seconds
-        result.history, result.best_epoch = r.history, r.best_epoch
-        last_good = r.last_good or _snapshot(model, guide)
-        best = (r.best_value, r.best or last_good)
-
-    def save_checkpoint(next_epoch: int, next_step: int) -> None:
-        progress = dict(
-            epoch=next_epoch, step=next_step, epoch_loss=epoch_loss, history=result.history,
-            seconds=time.perf_counter() - start, best_epoch=result.best_epoch, best_value=best[0],
-            options=options, schedule=schedule_state(scheduler),
-        )
-        mid_epoch = next_step > 0
-        saver.save(
-            model, guide, optimizer, generator, progress, order=order if mid_epoch else None,
-            last_good=last_good if mid_epoch else None, best=best[1] if early_stopping else None, ddp=ddp,
-        )
-
-    start = time.perf_counter() - elapsed
-    bar = tqdm(
-        total=epochs * steps_per_epoch, initial=min((first_epoch - 1) * steps_per_epoch + skip, epochs * steps_per_epoch),
-        disable=None if progress and (ddp is None or ddp.is_main) else True, unit="step", leave=False,
-    )
-    try:
-        for epoch in range(first_epoch, epochs + 1):
-            model.train(), guide.train()
-            if order is None:
-                order = torch.randperm(train.shape[0], generator=generator, device=device)
-            for step, index in enumerate((ddp.pad(order) if ddp else order).split(batch_size * world)):
-                if step < skip:  # done before the checkpoint this fit resumed from
-                    continue
-                batch = data.training_batch(train[index], generator)
-                if ddp:  # binarize the global batch, so the draws match one process, then shard
-                    batch = ddp.shard(batch)
-                if labels is not None:
-                    feed.y = ddp.shard(labels[index]) if ddp else labels[index]
-                differentiable, value = schedule(
-                    loss_fn, model_fn, guide_fn, batch, step=(epoch - 1) * steps_per_epoch + step
-                )
-                if ddp:
-                    value = ddp.sum(value)
-                if not math.isfinite(value):
-                    model.load_state_dict(last_good[0]), guide.load_state_dict(last_good[1])
-                    result.stopped_reason = f"non-finite loss ({value}) at epoch {epoch}, step {step + 1}"
-                    result.train_seconds = time.perf_counter() - start
-                    raise TrainingDiverged(
-                        f"training stopped: the loss became {value} at epoch {epoch}, step "
-                        f"{step + 1}; parameters were restored to the end of epoch {epoch - 1} "
-                        f"(try a smaller learning rate)",
-                        result,
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                differentiable.backward()
-                if ddp:
-                    ddp.sum_gradients(optimizer.param_groups[0]["params"])
-                if clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                optimizer.step()
-                epoch_loss += value
-                bar.update(1)
-                if saver is not None and saver.due((epoch - 1) * steps_per_epoch + step + 1):
-                    save_checkpoint(epoch, step + 1)
-            model.eval(), guide.eval()
-            if ddp:
-                val_elbo = ddp.mean_over_shards(lambda x: evaluate_elbo(model, guide, x), val)
-            else:
-                val_elbo = evaluate_elbo(model, guide, val)
-            record = {
-                "epoch": epoch,
-                "train_elbo": -epoch_loss / num_train,
-                "val_elbo": val_elbo,
-                "seconds": time.perf_counter() - start,
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            result.history.append(record)
-            bar.set_postfix(train_elbo=f"{record['train_elbo']:.2f}", val_elbo=f"{val_elbo:.2f}")
-            if not math.isfinite(val_elbo):
-                model.load_state_dict(last_good[0]), guide.load_state_dict(last_good[1])
-                result.stopped_reason = f"non-finite validation ELBO at epoch {epoch}"
-                raise TrainingDiverged(
-                    f"training stopped: the validation ELBO became {val_elbo} at epoch {epoch}; "
-                    f"parameters were restored to the end of epoch {epoch - 1}",
-                    result,
-                )
-            last_good = _snapshot(model, guide)
-            if val_elbo > best[0]:
-                best = (val_elbo, last_good)
-                result.best_epoch = epoch
-            elif early_stopping is not None and epoch - result.best_epoch >= early_stopping:
-                model.load_state_dict(best[1][0]), guide.load_state_dict(best[1][1])
-                result.stopped_reason = (
-                    f"early stopping: no validation improvement for {early_stopping} epochs; "
-                    f"restored epoch {result.best_epoch}"
-                )
-                break
-            order, skip, epoch_loss = None, 0, 0.0
-            if scheduler is not None:
-                step_schedule(scheduler, val_elbo)
-            if saver is not None:
-                save_checkpoint(epoch + 1, 0)
-    finally:
-        bar.close()
-        result.train_seconds = time.perf_counter() - start
-    model.eval(), guide.eval()
-    return result
