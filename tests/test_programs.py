@@ -251,3 +251,34 @@ def test_diagnose_and_gaps_work_with_a_site_named_latent(digits28, tmp_path):
     report = pg.diagnose(vae.model, vae.guide, digits28.test[:2], num_chains=1, num_warmup=10, num_draws=10,
                          num_guide_samples=20, num_importance=20, out=tmp_path / "diag")
     assert "latent" in report.reference.posterior and (tmp_path / "diag" / "reconstructions.png").is_file()
+
+
+def test_a_programs_parameters_are_checkpointed_and_resumed_bitwise(digits28, tmp_path):
+    """pyro.module parameters (the tutorial) and pyro.param ones (a mixture) resume bit for bit."""
+    def run(folder, epochs, resume=False, make=None):
+        folder.mkdir(exist_ok=True)
+        vae = make()
+        result = pg.fit(vae.model, vae.guide, digits28, epochs=epochs, batch_size=256, checkpoint=folder,
+                        resume=resume, progress=False)
+        return {k: v.clone() for k, v in result.model.state_dict().items()}
+
+    whole = run(tmp_path / "whole", 3, make=lambda: _vae(seed=4))
+    run(tmp_path / "parts", 1, make=lambda: _vae(seed=4))
+    resumed = run(tmp_path / "parts", 3, resume=True, make=lambda: _vae(seed=99))  # other init: overwritten
+    assert whole.keys() == resumed.keys() and any("decoder" in k for k in whole)
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_pyro_param_parameters_resume_bitwise(digits, tmp_path):
+    states = []
+    for folder, plan in (("whole", [(2, False)]), ("parts", [(1, False), (2, True)])):
+        (tmp_path / folder).mkdir()
+        for epochs, resume in plan:
+            model = pg.ProgramModel(mixture, digits)
+            torch.manual_seed(0 if not resume else 5)  # a resumed fit overwrites the new guide's init
+            guide = pg.create_guide("categorical", model, hidden=[8])
+            pg.fit(model, guide, digits, epochs=epochs, batch_size=512, objective="traceenum_elbo",
+                   checkpoint=tmp_path / folder, resume=resume, progress=False)
+        states.append(model.params.params["probs"].detach().clone())
+    assert torch.equal(states[0], states[1])
