@@ -11,9 +11,10 @@ from pyro.distributions import Distribution
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_genmod._registry import create_guide, register_guide
+from pyro_genmod._registry import register_guide
 from pyro_genmod.densities import log_densities
 from pyro_genmod.errors import ConfigError
+from pyro_genmod.factories import create_guide
 from pyro_genmod.seeding import seeded
 
 from .base import AmortizedGuide, Guide

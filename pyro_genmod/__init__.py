@@ -12,17 +12,17 @@ from ._layout import attach_sibling_packages
 attach_sibling_packages(__name__)
 
 from ._registry import (
-    create_guide,
-    create_model,
     list_datasets,
     list_guides,
     list_models,
-    pairing_problem,
     register_dataset,
     register_guide,
+    register_likelihood,
     register_model,
+    register_objective,
 )
 from .datasets import Dataset, load_dataset
+from .diagnose import Diagnosis, diagnose
 from .errors import (
     ConfigError,
     DataError,
@@ -32,7 +32,7 @@ from .errors import (
     TrainingDiverged,
     UnknownNameError,
 )
-from .diagnose import Diagnosis, diagnose
+from .factories import create_guide, create_model, pairing_problem
 from .gaps import InferenceGaps, inference_gaps
 from .importance import LogLikelihood, log_importance_weights, log_likelihood
 from .latents import LatentSite
@@ -55,6 +55,8 @@ __all__ = [
     "register_model",
     "register_guide",
     "register_dataset",
+    "register_objective",
+    "register_likelihood",
     "pairing_problem",
     "ProgramModel",
     "ProgramGuide",

@@ -1,4 +1,4 @@
-"""Registries of models, guides and datasets, and the factories that build from them.
+"""Registries of every extensible kind: models, guides, datasets, objectives and likelihoods.
 
 A model or guide registers itself with a decorator in its own file; files in ``models/`` and
 ``guides/`` are discovered on first use, so adding one is adding one file.
@@ -12,8 +12,7 @@ import numbers
 import pkgutil
 from typing import Any
 
-from .errors import ConfigError, PairingError, UnknownNameError
-from .latents import check_pair
+from .errors import ConfigError, UnknownNameError
 
 __all__ = [
     "Registry",
@@ -23,12 +22,9 @@ __all__ = [
     "register_likelihood",
     "register_guide",
     "register_dataset",
-    "create_model",
-    "create_guide",
     "list_models",
     "list_guides",
     "list_datasets",
-    "pairing_problem",
     "summary_line",
 ]
 
@@ -152,69 +148,6 @@ def summary_line(kind: str, name: str) -> str:
     """First line of a registered entry's docstring."""
     doc = inspect.getdoc(_KINDS[kind].lookup(name)) or ""
     return doc.splitlines()[0] if doc else ""
-
-
-def create_model(name: str, data, **kwargs):
-    """Build the registered model ``name`` for ``data`` (a :class:`Dataset` or an event shape).
-
-    Example:
-        >>> import pyro_genmod as pg
-        >>> model = pg.create_model("vae", (1, 8, 8), latent_dim=4)
-        >>> [site.name for site in model.latent_sites]
-        ['z']
-
-    ``name`` may also point at a user's Pyro program, ``path/to/file.py:attribute`` or
-    ``module:attribute`` (the file is executed afresh for each model built from it, so each
-    starts from its own initial parameters); ``data`` must then hold points to trace it on, and
-    the only option is ``data_plate``. See :mod:`pyro_genmod.programs`.
-    """
-    from .programs import program_from_source, is_source
-
-    if is_source(name):
-        return program_from_source(name, data, **kwargs)
-    cls = _lookup(_MODELS, "model", name)
-    shape = tuple(getattr(data, "shape", data))
-    _check_options(cls, "model", name, kwargs, skip=1)
-    try:
-        model = cls(shape, **kwargs)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"model '{name}': {error}") from None
-    model.init_kwargs = dict(kwargs)
-    return model
-
-
-def pairing_problem(guide_name: str, model) -> str | None:
-    """Why guide ``guide_name`` cannot be built for ``model``, or ``None`` when it can."""
-    cls = _lookup(_GUIDES, "guide", guide_name)
-    return cls.unsupported_reason(model)
-
-
-def create_guide(name: str, model, data=None, **kwargs):
-    """Build the registered guide ``name`` (a variational family q(z|x)) for ``model``.
-
-    ``model`` may be a plain Pyro program; ``data`` (a dataset or a tensor of points) is then
-    used to trace it the first time (its latent sites are what the guide covers).
-    Raises :class:`PairingError` naming the latent site and what differs when the family cannot
-    cover the model's latent sites.
-    """
-    from .programs import as_model, guide_from_source, is_source
-
-    model = as_model(model, data)
-    if is_source(name):
-        return guide_from_source(name, model, data, **kwargs)
-    cls = _lookup(_GUIDES, "guide", name)
-    reason = cls.unsupported_reason(model)
-    if reason is not None:
-        model_name = getattr(model, "registry_name", type(model).__name__)
-        raise PairingError(f"guide '{name}' does not fit model '{model_name}': {reason}")
-    _check_options(cls, "guide", name, kwargs, skip=1)
-    try:
-        guide = cls(model, **kwargs)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"guide '{name}': {error}") from None
-    guide.init_kwargs = dict(kwargs)
-    check_pair(model, guide)
-    return guide
 
 
 def dataset_loader(name: str):

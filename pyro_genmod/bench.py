@@ -33,7 +33,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ._registry import create_guide, create_model
+from .factories import create_guide, create_model
 from .data import Dataset, load_dataset
 from .densities import latent_log_ratios
 from .errors import ConfigError, GenmodError

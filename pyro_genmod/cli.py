@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import _registry
+from . import _registry, factories
 from .errors import GenmodError, TrainingDiverged
 
 __all__ = ["main"]
@@ -281,8 +281,8 @@ def cmd_gaps(args) -> int:
 def _pairs() -> dict[str, dict[str, str | None]]:
     table = {}
     for model_name in _registry.list_models():
-        model = _registry.create_model(model_name, (1, 8, 8))
-        table[model_name] = {g: _registry.pairing_problem(g, model) for g in _registry.list_guides()}
+        model = factories.create_model(model_name, (1, 8, 8))
+        table[model_name] = {g: factories.pairing_problem(g, model) for g in _registry.list_guides()}
     return table
 
 
@@ -299,6 +299,10 @@ def cmd_list(args) -> int:
             print(f"  {name:<20} {_registry.summary_line(kind[:-1], name)}")
     print("objectives:")
     print("  " + ", ".join(list_objectives()))
+    print("your own Pyro programs:")
+    print("  --model path/to/file.py:ATTR  (or module:ATTR) a Pyro model program called as model(x), e.g. my_vae.py:vae.model")
+    print("  --guide path/to/file.py:ATTR  a Pyro guide program guide(x), or any guide above that fits the model")
+    print("  loading such a run (evaluate, sample, diagnose, --resume) imports that code: add --trust-code")
     pairs = _pairs()
     guides = _registry.list_guides()
     print("\nwhich guides fit each model:")

@@ -18,6 +18,7 @@ from . import diagnostics
 from .errors import ConfigError
 from .experiment import score
 from .latents import check_pair
+from .programs import as_guide, as_model
 from .tasks import encode
 from .train import check_positive_int
 
@@ -40,11 +41,20 @@ def check_continuous(model, what: str) -> None:
 
 def latent_layout(sites) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
     """ArviZ dims and coords for latent sites: ``(point, latent)`` for a single vector site,
-    ``(point, <site>_dim_<i>...)`` otherwise."""
+    ``(point, <site>_dim_<i>...)`` otherwise. A dimension never takes the name of a variable
+    (ArviZ keeps both in one namespace): a site called ``latent``, as in Pyro's VAE tutorial,
+    gets the dimension ``latent_``."""
+    taken = {site.name for site in sites} | {"x", "point"}
+
+    def free(name: str) -> str:
+        while name in taken:
+            name += "_"
+        return name
+
     single = len(sites) == 1 and len(sites[0].event_shape) == 1
     dims, coords = {}, {}
     for site in sites:
-        names = ["latent"] if single else [f"{site.name}_dim_{i}" for i in range(len(site.event_shape))]
+        names = [free("latent")] if single else [free(f"{site.name}_dim_{i}") for i in range(len(site.event_shape))]
         dims[site.name] = ["point", *names]
         coords.update({n: list(range(size)) for n, size in zip(names, site.event_shape)})
     return dims, coords
@@ -166,6 +176,8 @@ def _reconstructions(model, guide_draws: dict[str, np.ndarray], count: int) -> T
     device = param.device if param is not None else "cpu"
     latents = {k: torch.as_tensor(v[:count]).to(device) for k, v in guide_draws.items()}
     with torch.no_grad():
+        if getattr(model, "is_program", False):
+            return model.decode(latents).cpu()
         likelihood = model.likelihood(latents)
         try:
             return likelihood.mean.cpu()
@@ -260,6 +272,8 @@ def diagnose(
         ("num_guide_samples", num_guide_samples), ("num_importance", num_importance),
     ):
         check_positive_int(name, value)
+    model = as_model(model, x_points)
+    guide = as_guide(guide, model, x_points)
     check_continuous(model, "diagnose")
     check_pair(model, guide)
     model.validate_data(x_points)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from ._registry import create_guide, create_model
+from .factories import create_guide, create_model
 from .data import Dataset
 from .checkpoint import Checkpointer
 from .distributed import is_main_process

@@ -54,7 +54,7 @@ def _vae_guides() -> list[str]:
     """Every registered guide that fits the VAE, is a density and has only reparameterized sites."""
     names = []
     for name in pg.list_guides():
-        model, guide = _pair(name) if pg._registry.pairing_problem(name, _pair("mean_field")[0]) is None else (None, None)
+        model, guide = _pair(name) if pg.pairing_problem(name, _pair("mean_field")[0]) is None else (None, None)
         if guide is not None and densities.supports_fast_elbo(model, guide, _batch(2)):
             names.append(name)
     return names
@@ -275,7 +275,7 @@ def test_likelihood_log_prob_is_the_likelihoods_log_prob(model_name, likelihood)
 
 
 def _models_with_mean_field() -> list[str]:
-    return [name for name in pg.list_models() if pg._registry.pairing_problem("mean_field", pg.create_model(name, SHAPE)) is None]
+    return [name for name in pg.list_models() if pg.pairing_problem("mean_field", pg.create_model(name, SHAPE)) is None]
 
 
 @pytest.mark.parametrize("model_name", _models_with_mean_field())

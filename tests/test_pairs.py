@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyro_genmod as pg
-from pyro_genmod._registry import pairing_problem
+from pyro_genmod.factories import pairing_problem
 from pyro_genmod.experiment import score
 
 PAIRS = [(model, guide) for model in pg.list_models() for guide in pg.list_guides()]
