@@ -33,10 +33,10 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .factories import create_guide, create_model
 from .data import Dataset, load_dataset
 from .densities import latent_log_ratios
 from .errors import ConfigError, GenmodError
+from .factories import create_guide, create_model
 from .importance import LogLikelihood, log_likelihood
 from .runs import atomic_write_text, load_run, prepare_run_folder, save_run
 from .seeding import seeded

@@ -27,7 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from .errors import ConfigError, GenmodError, RunFolderError
-from .runs import CHECKPOINT_FILE, _atomic_write
+from .folders import CHECKPOINT_FILE, _atomic_write
 
 __all__ = [
     "CHECKPOINT_FILE",

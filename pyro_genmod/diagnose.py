@@ -15,12 +15,12 @@ from pyro.infer import MCMC, NUTS
 from torch import Tensor
 
 from . import diagnostics
+from .checks import check_positive_int
 from .errors import ConfigError
-from .experiment import score
+from .importance import score
 from .latents import check_pair
 from .programs import as_guide, as_model
 from .tasks import encode
-from .train import check_positive_int
 
 __all__ = ["diagnose", "Diagnosis", "check_continuous", "reference_posterior"]
 
@@ -412,7 +412,7 @@ def _write(result: Diagnosis, out: Path, model, guide_draws, x, sites, dims, pai
     diagnosis all at once (under ``out``'s lock; see :mod:`pyro_genmod.runs`): a kill or a full
     disk leaves the earlier files or the new ones, never a mix. Other files in ``out`` are kept."""
     from .errors import RunFolderError
-    from .runs import take_output_folder
+    from .folders import take_output_folder
 
     taken = take_output_folder(out, OUTPUT_FILES, what="diagnose output folder")
     try:

@@ -5,37 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyro
-import torch
 
-from .factories import create_guide, create_model
-from .data import Dataset
 from .checkpoint import Checkpointer
+from .data import Dataset
 from .distributed import is_main_process
 from .errors import DataError, GenmodError, RunFolderError, TrainingDiverged
-from .importance import LogLikelihood, log_importance_weights, log_likelihood
+from .factories import create_guide, create_model
+from .importance import LogLikelihood, score
 from .runs import resume_folder, save_run, take_run_folder
 from .train import FitResult, check_positive_int, fit
 
 __all__ = ["score", "run_experiment", "resume_experiment"]
-
-
-def score(model, guide, x, num_samples: int, seed: int = 0) -> tuple[LogLikelihood, str]:
-    """IS log-likelihood of ``x``; a point-estimate guide is replaced by the prior as proposal.
-
-    Returns the estimate and the name of the proposal used. A model with an improper prior
-    (``has_log_likelihood = False``, e.g. ``ae``) has no log p(x): its estimate is NaN, its
-    ELBO the guide's single-draw bound (the reconstruction log-likelihood), proposal "none".
-    """
-    if not getattr(model, "has_log_likelihood", True):
-        with torch.no_grad():
-            chunks = [log_importance_weights(model, guide, x[i : i + 1024], 1)[0] for i in range(0, x.shape[0], 1024)]
-        elbo = torch.cat(chunks).cpu()
-        nan = torch.full_like(elbo, float("nan"))
-        return LogLikelihood(per_point=nan, elbo=elbo, khat=nan.numpy(), num_samples=num_samples), "none"
-    proposal = guide
-    if getattr(guide, "is_point_estimate", False):
-        proposal = create_guide("prior", model)
-    return log_likelihood(model, proposal, x, num_samples, seed=seed), proposal.registry_name
 
 
 def score_metrics(ll: LogLikelihood, proposal: str) -> dict:

@@ -28,7 +28,7 @@ from .latents import check_pair
 from .programs import as_guide, as_model
 from .seeding import seeded
 
-__all__ = ["log_importance_weights", "log_likelihood", "LogLikelihood"]
+__all__ = ["log_importance_weights", "log_likelihood", "LogLikelihood", "score"]
 
 
 def log_importance_weights(model, guide, x: Tensor, num_particles: int) -> Tensor:
@@ -186,3 +186,24 @@ def log_likelihood(
         khat=np.concatenate(khats) if khat else np.full(per_point.numel(), np.nan),
         num_samples=num_samples,
     )
+
+
+def score(model, guide, x, num_samples: int, seed: int = 0) -> tuple[LogLikelihood, str]:
+    """IS log-likelihood of ``x``; a point-estimate guide is replaced by the prior as proposal.
+
+    Returns the estimate and the name of the proposal used. A model with an improper prior
+    (``has_log_likelihood = False``, e.g. ``ae``) has no log p(x): its estimate is NaN, its
+    ELBO the guide's single-draw bound (the reconstruction log-likelihood), proposal "none".
+    """
+    if not getattr(model, "has_log_likelihood", True):
+        with torch.no_grad():
+            chunks = [log_importance_weights(model, guide, x[i : i + 1024], 1)[0] for i in range(0, x.shape[0], 1024)]
+        elbo = torch.cat(chunks).cpu()
+        nan = torch.full_like(elbo, float("nan"))
+        return LogLikelihood(per_point=nan, elbo=elbo, khat=nan.numpy(), num_samples=num_samples), "none"
+    proposal = guide
+    if getattr(guide, "is_point_estimate", False):
+        from .factories import create_guide
+
+        proposal = create_guide("prior", model)
+    return log_likelihood(model, proposal, x, num_samples, seed=seed), proposal.registry_name
