@@ -57,7 +57,8 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
-def _print_scores(metrics: dict, stream=sys.stdout) -> None:
+def _print_scores(metrics: dict, stream=None) -> None:
+    stream = stream if stream is not None else sys.stdout  # looked up per call: it may be replaced
     k = metrics["num_importance_samples"]
     note = f" (proposal: {metrics['proposal']})" if metrics.get("proposal") == "prior" else ""
     if metrics.get("proposal") == "none":
@@ -97,7 +98,7 @@ def _check_resume_args(args) -> None:
     from .errors import ConfigError
 
     defaults = vars(build_parser().parse_args(["train"]))
-    allowed = {"resume", "quiet", "device", "distributed", "func", "command"}
+    allowed = {"resume", "quiet", "device", "distributed", "func", "command", "trust_code"}
     changed = [k for k, v in vars(args).items() if k not in allowed and v != defaults.get(k)]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
@@ -141,7 +142,8 @@ def cmd_train(args) -> int:
     try:
         if args.resume is not None:
             metrics, result, folder = resume_experiment(
-                out, progress=not args.quiet, device=args.device, distributed=distributed
+                out, progress=not args.quiet, device=args.device, distributed=distributed,
+                trust_code=args.trust_code,
             )
         else:
             metrics, result, folder = run_experiment(
@@ -175,7 +177,7 @@ def cmd_evaluate(args) -> int:
     from .experiment import score, score_metrics
     from .runs import load_run
 
-    run = load_run(args.run)
+    run = load_run(args.run, trust_code=args.trust_code)
     seed = args.seed if args.seed is not None else run.config.get("evaluation", {}).get("seed", 0)
     ll, proposal = score(run.model, run.guide, run.data.test, args.num_samples, seed=seed)
     metrics = {**score_metrics(ll, proposal), "seed": seed}
@@ -199,7 +201,7 @@ def cmd_sample(args) -> int:
         raise RunFolderError(f"'{out}' already exists; choose another --out or pass --overwrite")
     if out.suffix.lower() not in {".png", ".jpg", ".jpeg"}:
         raise DataError(f"--out must end in .png or .jpg, got '{out.name}'")
-    run = load_run(args.run)
+    run = load_run(args.run, trust_code=args.trust_code)
     if not run.data.is_image:
         raise DataError(f"dataset '{run.data.name}' is not made of images (shape {run.data.shape}); cannot draw a grid")
     x = sample(run.model, args.num, mean=not args.draws, seed=args.seed)
@@ -233,7 +235,7 @@ def cmd_diagnose(args) -> int:
     from .diagnose import check_continuous, diagnose
     from .runs import check_output_folder, load_run
 
-    run = load_run(args.run)
+    run = load_run(args.run, trust_code=args.trust_code)
     check_continuous(run.model, "genmod diagnose")
     count = min(args.points, run.data.test.shape[0])
     out = Path(args.out) if args.out else run.path / "diagnose"
@@ -255,7 +257,7 @@ def cmd_gaps(args) -> int:
     from .gaps import inference_gaps
     from .runs import load_run
 
-    run = load_run(args.run)
+    run = load_run(args.run, trust_code=args.trust_code)
     count = min(args.points, run.data.test.shape[0])
     gaps = inference_gaps(
         run.model, run.guide, run.data.test[:count], num_samples=args.num_samples, steps=args.steps,
@@ -361,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, metavar="DIR", help="continue the interrupted run in DIR")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the processes torchrun starts (--batch-size is per process)")
+    train.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="re-score a saved run's test set")
@@ -368,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-samples", "-K", type=_positive_int, default=1000)
     evaluate.add_argument("--seed", type=int, default=None, help="default: the run's evaluation seed")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
     evaluate.set_defaults(func=cmd_evaluate)
 
     sample = sub.add_parser("sample", help="draw new images from a saved run into a grid")
@@ -377,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--draws", action="store_true", help="draw x ~ p(x|z) rather than showing E[x|z]")
     sample.add_argument("--overwrite", action="store_true")
+    sample.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
     sample.set_defaults(func=cmd_sample)
 
     bench = sub.add_parser("bench", help="run a benchmark grid from a TOML config (resumable)")
@@ -400,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--out", default=None, help="output folder (default: RUN/diagnose)")
     diag.add_argument("--overwrite", action="store_true", help="replace the files of an earlier diagnosis in --out")
     diag.add_argument("--quiet", action="store_true", help="no progress bars")
+    diag.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
     diag.set_defaults(func=cmd_diagnose)
 
     gaps = sub.add_parser("gaps", help="inference gap = approximation gap + amortization gap (Cremer et al. 2018)")
@@ -411,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     gaps.add_argument("--seed", type=int, default=0)
     gaps.add_argument("--json", action="store_true", help="print the summary as JSON")
     gaps.add_argument("--quiet", action="store_true", help="no progress bar")
+    gaps.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
     gaps.set_defaults(func=cmd_gaps)
 
     listing = sub.add_parser("list", help="models, guides, datasets, objectives and which pairs fit")

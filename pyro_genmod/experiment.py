@@ -12,7 +12,7 @@ from .distributed import is_main_process
 from .errors import DataError, GenmodError, RunFolderError, TrainingDiverged
 from .factories import create_guide, create_model
 from .importance import LogLikelihood, score
-from .runs import resume_folder, save_run, take_run_folder
+from .runs import check_trusted, resume_folder, save_run, take_run_folder
 from .train import FitResult, check_positive_int, fit
 
 __all__ = ["score", "run_experiment", "resume_experiment"]
@@ -148,13 +148,15 @@ def _remove_empty(folder: Path | None, created: Path | None) -> None:
 
 
 def resume_experiment(
-    out: str | Path, *, progress: bool = True, device: str | None = None, distributed: bool = False
+    out: str | Path, *, progress: bool = True, device: str | None = None, distributed: bool = False,
+    trust_code: bool = False,
 ) -> tuple[dict, FitResult, Path | None]:
     """Continue the interrupted run in ``out`` from its checkpoint, then score and save it.
 
     The model, guide, dataset and every training option come from the checkpoint, so the
     result is bit for bit the run that would have finished without the interruption (on the
-    CPU, with the same thread count).
+    CPU, with the same thread count). A run of a user's Pyro program imports that code again:
+    it is refused unless ``trust_code=True``.
     """
     from .data import load_dataset
 
@@ -162,6 +164,7 @@ def resume_experiment(
     if not folder.is_dir():
         raise RunFolderError(f"run folder '{folder}' does not exist; nothing to resume")
     spec = Checkpointer(resume_folder(folder)).load().meta.get("spec") or {}
+    check_trusted(folder, spec, trust_code)
     try:
         model, guide, dataset, evaluation = spec["model"], spec["guide"], spec["dataset"], spec["evaluation"]
         options = dict(

@@ -26,6 +26,7 @@ from safetensors.torch import save as safetensors_bytes
 from .datasets import Dataset, load_dataset
 from .errors import GenmodError, RunFolderError
 from .factories import create_guide, create_model
+from .programs import is_source, untrusted_source_error
 from .folders import (  # noqa: F401  (re-exported: the run-folder API)
     _HASHED,
     _REREAD_SECONDS,
@@ -88,8 +89,8 @@ def save_run(path, *, model, guide, data: Dataset, config: dict, metrics: dict, 
     config = {
         "format_version": FORMAT_VERSION,
         "pyro_genmod_version": __version__,
-        "model": {"name": model.registry_name, "options": model.init_kwargs},
-        "guide": {"name": guide.registry_name, "options": guide.init_kwargs},
+        "model": _described(model),
+        "guide": _described(guide),
         "dataset": {"name": data.name, "options": data.options},
         **config,
         "file_sha256": {
@@ -172,12 +173,39 @@ def _read_run_files(path: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     return config, metrics, tensors
 
 
-def load_run(path, data: Dataset | None = None) -> Run:
+def _described(part) -> dict:
+    """How config.json names a model or guide: registry name and options, and for a user's Pyro
+    program where its code came from (file, SHA-256 or module)."""
+    entry = {"name": part.registry_name, "options": part.init_kwargs}
+    if getattr(part, "source", None):
+        entry["source"] = part.source
+    return entry
+
+
+def _source_options(entry: dict) -> dict:
+    options = dict(entry.get("options", {}))
+    if is_source(entry.get("name")) and entry.get("source"):
+        options["record"] = entry["source"]
+    return options
+
+
+def check_trusted(folder, spec: dict, trust_code: bool) -> None:
+    """Refuse a run (``spec`` with ``model``/``guide`` entries) naming user code, unless trusted."""
+    for part in ("model", "guide"):
+        entry = spec.get(part) if isinstance(spec, dict) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if is_source(name) and not trust_code:
+            raise untrusted_source_error(name, folder)
+
+
+def load_run(path, data: Dataset | None = None, *, trust_code: bool = False) -> Run:
     """Load a run folder; ``data`` overrides reloading the dataset named in its config.
 
     Parameters are read with safetensors, which never unpickles objects. A replacement that
     was killed while it was committed is completed first (that needs write access); a folder
-    whose files do not match the SHA-256 in its ``config.json`` is refused.
+    whose files do not match the SHA-256 in its ``config.json`` is refused. A run trained with a
+    user's Pyro program (``file.py:attr`` or ``module:attr``) imports that code to rebuild the
+    model: it is refused unless ``trust_code=True`` (CLI: ``--trust-code``).
     """
     path = Path(path)
     if not path.is_dir():
@@ -192,12 +220,13 @@ def load_run(path, data: Dataset | None = None) -> Run:
             if FolderLock.holder(path) is None or time.monotonic() > deadline:
                 raise RunFolderError(str(error)) from None
             time.sleep(0.05)
+    check_trusted(path, config, trust_code)
     try:
         model_cfg, guide_cfg, data_cfg = config["model"], config["guide"], config["dataset"]
         if data is None:
             data = load_dataset(data_cfg["name"], **data_cfg.get("options", {}))
-        model = create_model(model_cfg["name"], data, **model_cfg.get("options", {}))
-        guide = create_guide(guide_cfg["name"], model, **guide_cfg.get("options", {}))
+        model = create_model(model_cfg["name"], data, **_source_options(model_cfg))
+        guide = create_guide(guide_cfg["name"], model, **_source_options(guide_cfg))
     except (KeyError, TypeError) as error:
         raise RunFolderError(f"run folder '{path}' has an invalid config.json ({error!r})") from None
     except GenmodError as error:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -282,3 +284,71 @@ def test_pyro_param_parameters_resume_bitwise(digits, tmp_path):
                    checkpoint=tmp_path / folder, resume=resume, progress=False)
         states.append(model.params.params["probs"].detach().clone())
     assert torch.equal(states[0], states[1])
+
+
+# --- the command line and run folders ----------------------------------------------------------
+
+
+def test_cli_trains_a_user_program_from_a_file_and_loading_it_needs_trust(tmp_path, capsys):
+    import numpy as np
+
+    from pyro_genmod.cli import main
+    from test_datasets import write_idx
+
+    write_idx(tmp_path / "data" / "MNIST" / "raw", "train", np.random.default_rng(0).integers(10, size=120))
+    write_idx(tmp_path / "data" / "MNIST" / "raw", "t10k", np.random.default_rng(1).integers(10, size=12))
+    source = (Path(__file__).parent / "user_code" / "tutorial_vae.py").read_text()
+    marker = tmp_path / "imported"
+    user = tmp_path / "my_vae.py"  # the tutorial, plus a line that shows when the file is executed
+    user.write_text(source + f"\nopen({str(marker)!r}, 'a').write('x')\n")
+    run = tmp_path / "run"
+    common = ["--dataset", "mnist", "--data-root", str(tmp_path / "data"), "--data-opt", "num_val=20", "-K", "8", "--quiet"]
+    argv = ["train", "--model", f"{user}:vae.model", "--guide", f"{user}:guide", "--epochs", "2", *common, "--out", str(run)]
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["source"]["file"] == str(user) and len(config["model"]["source"]["sha256"]) == 64
+    marker.unlink()
+    for command in (["evaluate", str(run), "-K", "4"], ["sample", str(run), "-n", "4", "--out", str(tmp_path / "s.png")],
+                    ["diagnose", str(run), "--points", "1", "--chains", "1", "--warmup", "5", "--draws", "5"]):
+        capsys.readouterr()
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--trust-code" in err and f"{user}:vae.model" in err, err
+        assert not marker.exists(), f"{command[0]} imported the user's code without --trust-code"
+        assert main([*command, "--trust-code"]) == 0, command
+        assert marker.exists()
+        marker.unlink()
+    assert (tmp_path / "s.png").is_file()
+
+
+def test_a_killed_user_program_run_resumes_only_with_trust(tmp_path):
+    """Resume of a run whose checkpoint names user code: refused without --trust-code, then bitwise."""
+    import numpy as np
+
+    from pyro_genmod.checkpoint import CHECKPOINT_FILE
+    from pyro_genmod.cli import main
+    from test_datasets import write_idx
+
+    write_idx(tmp_path / "data" / "MNIST" / "raw", "train", np.random.default_rng(0).integers(10, size=120))
+    write_idx(tmp_path / "data" / "MNIST" / "raw", "t10k", np.random.default_rng(1).integers(10, size=12))
+    user = Path(__file__).parent / "user_code" / "tutorial_vae.py"
+    common = ["--model", f"{user}:model", "--guide", "mean_field", "--dataset", "mnist", "--data-root",
+              str(tmp_path / "data"), "--data-opt", "num_val=20", "-K", "8", "--quiet", "--batch-size", "50"]
+    assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", *common, "--epochs", "1", "--out", str(tmp_path / "part")]) == 0
+    # turn the finished one-epoch run into an interrupted three-epoch one: keep only its checkpoint,
+    # as a run killed after its first epoch leaves it, with the epoch budget of the whole run
+    for name in ("config.json", "metrics.json", "history.csv", "params.safetensors"):
+        (tmp_path / "part" / name).unlink()
+    from pyro_genmod.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "part" / CHECKPOINT_FILE)
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("version", "sha256")}
+    meta["spec"]["fit"]["epochs"] = 3
+    save_checkpoint(tmp_path / "part" / CHECKPOINT_FILE, ckpt.tensors, meta)
+    assert main(["train", "--resume", str(tmp_path / "part"), "--quiet"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "part"), "--quiet", "--trust-code"]) == 0
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / f / "params.safetensors")) for f in ("whole", "part"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
