@@ -216,10 +216,22 @@ def linear_probe_accuracy(train_features, train_labels, test_features, test_labe
     return float(probe.score(test_features.numpy(), test_labels.numpy()))
 
 
+def _names_code_of(folder: Path, cell: Cell) -> bool:
+    """Whether the cell's run folder names exactly the model and guide the config names: user code
+    the config itself names may then be imported to load it (any other code is refused)."""
+    import json
+
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+        return saved["model"]["name"] == cell.model and saved["guide"]["name"] == cell.guide
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _train_or_resume(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progress: bool):
     """A trained (model, guide, epochs, seconds): loaded from ``folder`` when a finished run is there."""
     if (folder / "config.json").is_file():
-        run = load_run(folder, data=data)
+        run = load_run(folder, data=data, trust_code=_names_code_of(folder, cell))
         return run.model, run.guide, run.metrics["epochs"], run.metrics["train_seconds"]
     prepare_run_folder(folder, overwrite=True)
     pyro.set_rng_seed(cell.seed)  # parameter initialisation follows the seed

@@ -74,6 +74,7 @@ def test_list_shows_models_guides_datasets_and_pairs(capsys):
     for name in ("vae", "mean_field", "full_rank", "delta", "prior", "digits", "trace_elbo"):
         assert name in out
     assert "which guides fit each model" in out
+    assert "--model path/to/file.py:ATTR" in out and "--trust-code" in out  # how to bring a Pyro program
     pairs_section = out.split("which guides fit each model:")[1]
     vae_row = next(line for line in pairs_section.splitlines() if line.strip().startswith("vae "))
     assert "mean_field" in vae_row and "full_rank" in vae_row
