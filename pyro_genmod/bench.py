@@ -50,8 +50,8 @@ __all__ = [
 
 COLUMNS = [
     "cell", "status", "dataset", "model", "guide", "objective", "k", "seed", "epochs",
-    "train_seconds", "eval_K", "eval_points", "eval_seconds", "test_elbo", "is_nll",
-    "is_nll_stderr", "khat_mean", "khat_above_0.7", "khat_points", "active_units", "latent_dims",
+    "train_seconds", "eval_K", "eval_points", "eval_seconds", "test_elbo", "test_nll",
+    "test_nll_stderr", "khat_mean", "khat_above_0.7", "khat_points", "active_units", "latent_dims",
     "kl_per_dim", "probe_accuracy", "published_nll", "published_budget", "published_source", "error",
 ]
 _TOP_KEYS = {"name", "title", "notes", "results_dir", "runs_dir", "grid", "training", "evaluation",
@@ -310,7 +310,7 @@ def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progr
     row = {
         "epochs": epochs, "train_seconds": train_seconds, "eval_K": opts["num_samples"],
         "eval_points": test.shape[0], "eval_seconds": eval_seconds, "test_elbo": summary["elbo"],
-        "is_nll": -summary["log_likelihood"], "is_nll_stderr": summary["log_likelihood_stderr"],
+        "test_nll": -summary["log_likelihood"], "test_nll_stderr": summary["log_likelihood_stderr"],
         "khat_mean": float(khat.mean()) if khat.size else None,
         "khat_above_0.7": float((khat > 0.7).mean()) if khat.size else None, "khat_points": khat.size,
         "active_units": active_units(means), "latent_dims": means.shape[1],
@@ -340,7 +340,12 @@ def _read_rows(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     with open(path, newline="", encoding="utf-8") as handle:
-        return {row["cell"]: row for row in csv.DictReader(handle)}
+        rows = {row["cell"]: row for row in csv.DictReader(handle)}
+    for row in rows.values():  # results written before the column was renamed (is_nll -> test_nll)
+        for old, new in (("is_nll", "test_nll"), ("is_nll_stderr", "test_nll_stderr")):
+            if old in row and new not in row:
+                row[new] = row.pop(old)
+    return rows
 
 
 def _write_results(config: BenchConfig, rows: dict[str, dict], csv_path: Path, md_path: Path) -> None:
@@ -379,7 +384,7 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
         cells = [
             row["dataset"], row["model"], row["guide"], row["objective"], row["k"], row["seed"],
             _fmt(row.get("epochs"), 0), _fmt(row.get("train_seconds"), 1), _fmt(row.get("test_elbo")),
-            _fmt(row.get("is_nll")), _fmt(row.get("is_nll_stderr")), _fmt(row.get("eval_K"), 0),
+            _fmt(row.get("test_nll")), _fmt(row.get("test_nll_stderr")), _fmt(row.get("eval_K"), 0),
             _fmt(row.get("eval_points"), 0), _fmt(row.get("eval_seconds"), 1), _fmt(row.get("khat_mean")),
             "–" if share in (None, "") else f"{100 * float(share):.1f}%", _fmt(row.get("khat_points"), 0),
             units,

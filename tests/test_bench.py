@@ -75,7 +75,7 @@ def test_grid_end_to_end_on_digits(tmp_path):
     ]
     for row in saved:
         assert set(bench.COLUMNS) == set(row)
-        nll, elbo = float(row["is_nll"]), float(row["test_elbo"])
+        nll, elbo = float(row["test_nll"]), float(row["test_elbo"])
         assert 0 < nll <= -elbo + 1e-4  # the IS bound is never looser than the ELBO on the same draws
         assert row["eval_K"] == "30" and row["eval_points"] == "100" and row["khat_points"] == "50"
         assert 0 <= float(row["khat_above_0.7"]) <= 1 and math.isfinite(float(row["khat_mean"]))
@@ -111,7 +111,7 @@ def test_finished_cells_are_skipped_and_trained_cells_only_rescored(tmp_path, mo
     assert [r["status"] for r in again] == ["ok", "ok"]
     for old, new in zip(first, again):
         assert new["epochs"] == old["epochs"]
-        assert math.isclose(float(new["is_nll"]), float(old["is_nll"]), rel_tol=1e-6)  # same seed and draws
+        assert math.isclose(float(new["test_nll"]), float(old["test_nll"]), rel_tol=1e-6)  # same seed and draws
 
 
 def test_a_failed_cell_is_recorded_and_the_grid_carries_on(tmp_path, capsys):
