@@ -11,6 +11,7 @@ import torch
 
 import pyro_genmod as pg
 import pyro_genmod.bench as bench
+from pyro_genmod.bench import executor, metrics
 from pyro_genmod.bench import active_units, kl_per_dimension, linear_probe_accuracy, load_config, run_bench
 from pyro_genmod.cli import main
 
@@ -97,7 +98,7 @@ def test_finished_cells_are_skipped_and_trained_cells_only_rescored(tmp_path, mo
         raise AssertionError("a finished cell was run again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(bench, "run_cell", no_cell)
+        patch.setattr(executor, "run_cell", no_cell)
         resumed = run_bench(config, progress=False)
     assert resumed == first
     # Results lost but run folders kept: cells are scored again without training.
@@ -106,7 +107,7 @@ def test_finished_cells_are_skipped_and_trained_cells_only_rescored(tmp_path, mo
     def no_training(*args, **kwargs):
         raise AssertionError("a trained cell was trained again")
 
-    monkeypatch.setattr(bench, "fit", no_training)
+    monkeypatch.setattr(executor, "fit", no_training)
     again = run_bench(config, progress=False)
     assert [r["status"] for r in again] == ["ok", "ok"]
     for old, new in zip(first, again):
@@ -216,8 +217,8 @@ def test_blockwise_evaluation_resumes_from_saved_blocks(tmp_path, monkeypatch):
     assert torch.allclose(alone.per_point, first.per_point[40:80])
     (tmp_path / "eval" / "points-000080-000100.npz").unlink()
     calls = []
-    real = bench.log_likelihood
-    monkeypatch.setattr(bench, "log_likelihood", lambda *a, **k: calls.append(a[2].shape[0]) or real(*a, **k))
+    real = metrics.log_likelihood
+    monkeypatch.setattr(metrics, "log_likelihood", lambda *a, **k: calls.append(a[2].shape[0]) or real(*a, **k))
     again, _ = bench.blockwise_log_likelihood(model, guide, x, 30, **options)
     assert calls == [20]  # only the missing block was scored again
     assert torch.equal(again.per_point, first.per_point)

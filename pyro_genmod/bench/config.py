@@ -1,0 +1,126 @@
+"""Benchmark configs: the TOML grid, validated, as cells (dataset x model x guide x objective x seed)."""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyro_genmod.errors import ConfigError
+
+__all__ = ["Cell", "BenchConfig", "load_config"]
+
+_TOP_KEYS = {"name", "title", "notes", "results_dir", "runs_dir", "grid", "training", "evaluation",
+             "datasets", "models", "guides", "overrides", "published"}
+_EVAL_DEFAULTS = {
+    "num_samples": 1000, "seed": 0, "max_points": None, "khat_points": None, "eval_block": 500,
+    "probe_points": 10000, "kl_samples": 16,
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid; ``objective`` is the spec as written (``"iwae:5"``), ``k`` its particles."""
+
+    dataset: str
+    model: str
+    guide: str
+    objective: str
+    seed: int
+
+    @property
+    def objective_name(self) -> str:
+        return self.objective.partition(":")[0]
+
+    @property
+    def k(self) -> int:
+        _, sep, k = self.objective.partition(":")
+        return int(k) if sep else 1
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.guide}/{self.objective_name}-k{self.k}/seed{self.seed}"
+
+
+@dataclass
+class BenchConfig:
+    """A parsed benchmark config; ``path`` is where it was read from."""
+
+    path: Path
+    raw: dict
+
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    def cells(self) -> list[Cell]:
+        grid = self.raw["grid"]
+        return [
+            Cell(*combo)
+            for combo in itertools.product(
+                grid["datasets"], grid["models"], grid["guides"], grid["objectives"], grid.get("seeds", [0])
+            )
+        ]
+
+    def options(self, cell: Cell, section: str) -> dict:
+        """``training`` or ``evaluation`` options for ``cell``, with matching overrides applied."""
+        merged = dict(_EVAL_DEFAULTS) if section == "evaluation" else {}
+        merged.update(self.raw.get(section, {}))
+        for override in self.raw.get("overrides", []):
+            match = override.get("match", {})
+            if all(str(getattr(cell, key, None)) == str(value) for key, value in match.items()):
+                merged.update(override.get(section, {}))
+        return merged
+
+    def published(self, cell: Cell) -> dict:
+        for entry in self.raw.get("published", []):
+            keys = ("dataset", "model", "objective_name", "k")
+            wanted = {**entry, "objective_name": entry.get("objective", cell.objective_name)}
+            if all(wanted.get(key, getattr(cell, key)) == getattr(cell, key) for key in keys):
+                return entry
+        return {}
+
+    def folder(self, key: str, default: str) -> Path:
+        """Results or runs folder: relative paths are taken from the folder above ``configs/``."""
+        base = self.path.parent.parent if self.path.parent.name == "configs" else self.path.parent
+        value = Path(self.raw.get(key, default))
+        return value if value.is_absolute() else base / value
+
+
+def load_config(path: str | Path) -> BenchConfig:
+    """Read and check a benchmark TOML file; a problem raises :class:`ConfigError` naming it."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read benchmark config '{path}': {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"benchmark config '{path}' is not valid TOML: {error}") from None
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(
+            f"benchmark config '{path}' has unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}"
+        )
+    if not isinstance(raw.get("name"), str) or not raw["name"].replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(
+            f"benchmark config '{path}' needs a name of letters, digits, '-' and '_' (it names the "
+            f"result files)"
+        )
+    grid = raw.get("grid", {})
+    for key in ("datasets", "models", "guides", "objectives"):
+        if not isinstance(grid.get(key), list) or not grid[key]:
+            raise ConfigError(f"benchmark config '{path}': [grid] needs a non-empty list '{key}'")
+    for spec in grid["objectives"]:
+        name, sep, k = str(spec).partition(":")
+        if sep and not (k.isdigit() and int(k) > 0):
+            raise ConfigError(
+                f"objective '{spec}' in '{path}': write NAME or NAME:k with k a positive integer"
+            )
+    for key in set(raw.get("evaluation", {})) - set(_EVAL_DEFAULTS):
+        raise ConfigError(
+            f"[evaluation] in '{path}' has no option '{key}'; its options are {sorted(_EVAL_DEFAULTS)}"
+        )
+    return BenchConfig(path=path, raw=raw)
+
+
