@@ -14,7 +14,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 from torch import Tensor
 
-from . import diagnostics
+from . import arviz_bridge
 from .checks import check_positive_int
 from .errors import ConfigError
 from .importance import score
@@ -291,7 +291,7 @@ def diagnose(
     )
     seconds = time.perf_counter() - t0
     data_dims = {"x": ["point"]}
-    reference = diagnostics.mcmc_inference_data(runs, coords, {**dims, **data_dims})
+    reference = arviz_bridge.mcmc_inference_data(runs, coords, {**dims, **data_dims})
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -301,20 +301,20 @@ def diagnose(
         guide_draws[s.name] = flat_guide[..., start : start + s.size].reshape(num_guide_samples, n, *s.event_shape)
         start += s.size
     ll, proposal = score(model, guide, x_points, num_importance, seed=seed)
-    guide_idata = diagnostics.samples_inference_data(
+    guide_idata = arviz_bridge.samples_inference_data(
         {k: v[None] for k, v in guide_draws.items()},
         coords,
         dims,
         observed_data={"x": x_points.cpu().numpy()},
     )
 
-    summary, arrays = diagnostics.posterior_summary(reference, var_names=[s.name for s in sites])
+    summary, arrays = arviz_bridge.posterior_summary(reference, var_names=[s.name for s in sites])
     ref_flat = _flatten({k: v.values for k, v in reference.posterior.data_vars.items()}, sites, n)
     table, per_point = _compare(ref_flat, flat_guide, arrays, sites, points)
     density = not getattr(guide, "is_point_estimate", False)
     khat = np.asarray(ll.khat, dtype=np.float64)
     per_point.insert(1, "khat", khat)
-    per_point.insert(2, "reading", [diagnostics.khat_reading(k) for k in khat])
+    per_point.insert(2, "reading", [arviz_bridge.khat_reading(k) for k in khat])
     per_point.insert(3, "log_px", ll.per_point.numpy().astype(np.float64))
     per_point.insert(4, "elbo", ll.elbo.numpy().astype(np.float64) if density else np.nan)
     per_point.insert(5, "kl_q_p", (ll.per_point - ll.elbo).numpy().astype(np.float64) if density else np.nan)
@@ -427,20 +427,20 @@ def _write(result: Diagnosis, out: Path, model, guide_draws, x, sites, dims, pai
 
 def _write_files(result: Diagnosis, out: Path, model, guide_draws, x, sites, dims, pair, ref_sd, count) -> dict[str, Path]:
     files = {
-        "reference": diagnostics.write_netcdf(result.reference, out / "reference.nc"),
-        "guide": diagnostics.write_netcdf(result.guide, out / "guide.nc"),
+        "reference": arviz_bridge.write_netcdf(result.reference, out / "reference.nc"),
+        "guide": arviz_bridge.write_netcdf(result.guide, out / "guide.nc"),
     }
     for name, frame in (("summary", result.summary), ("table", result.table), ("points", result.points)):
         frame.to_csv(out / f"{name}.csv", index=name == "summary")
         files[name] = out / f"{name}.csv"
     points = list(result.points["point"])
-    files["khat_plot"] = diagnostics.plot_khat(result.points["khat"].to_numpy(), points, out / "khat.png")
+    files["khat_plot"] = arviz_bridge.plot_khat(result.points["khat"].to_numpy(), points, out / "khat.png")
     first = sites[0]
     if len(first.event_shape) == 1 and first.size >= 2:
         if pair is None:  # the two most informative coordinates of the first site
             pair = tuple(int(i) for i in np.argsort(ref_sd[:, : first.size].mean(0))[:2])
         latent_dim = dims[first.name][1]
-        files["pair_plot"] = diagnostics.plot_pair_overlay(
+        files["pair_plot"] = arviz_bridge.plot_pair_overlay(
             result.reference, result.guide, first.name, latent_dim, pair, points, out / "pair.png"
         )
     recon = _reconstructions(model, guide_draws, count)

@@ -22,7 +22,7 @@ from pyro import poutine
 from torch import Tensor
 
 from .densities import log_densities
-from .diagnostics import psis_khat
+from .arviz_bridge import psis_khat
 from .errors import ConfigError
 from .latents import check_pair
 from .programs import as_guide, as_model

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyro_genmod as pg
-from pyro_genmod import diagnostics
+from pyro_genmod import arviz_bridge as diagnostics
 from pyro_genmod.cli import main
 from pyro_genmod.experiment import run_experiment
 

@@ -13,7 +13,7 @@ from sklearn.decomposition import PCA, FactorAnalysis
 from sklearn.mixture import GaussianMixture
 
 import pyro_genmod as pg
-from pyro_genmod.diagnostics import psis_khat
+from pyro_genmod.arviz_bridge import psis_khat
 from pyro_genmod.experiment import score
 from pyro_genmod.tasks import sampled_dataset
 

@@ -115,7 +115,7 @@ def _external_kill(pid: int, folder: Path) -> int | None:
 def driver(jobs_file: str) -> None:
     import sklearn.datasets  # noqa: F401  (import once here, not in every forked child)
 
-    import pyro_genmod.diagnostics  # noqa: F401
+    import pyro_genmod.arviz_bridge  # noqa: F401
     import pyro_genmod.experiment  # noqa: F401
     from pyro_genmod.cli import main
 

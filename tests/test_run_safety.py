@@ -84,7 +84,7 @@ def _install_trap(job: dict) -> None:
 
         checkpoint._write_bytes = dying_write
     elif kind == "netcdf":  # right after the n-th netCDF file of a diagnosis is written
-        from pyro_genmod import diagnostics
+        from pyro_genmod import arviz_bridge as diagnostics
 
         write_netcdf = diagnostics.write_netcdf
 
@@ -112,7 +112,7 @@ def driver(jobs_file: str) -> None:
     import sklearn.datasets  # noqa: F401  (import once here, not in every forked child)
 
     import pyro_genmod.diagnose  # noqa: F401
-    import pyro_genmod.diagnostics  # noqa: F401
+    import pyro_genmod.arviz_bridge  # noqa: F401
     import pyro_genmod.experiment  # noqa: F401
     from pyro_genmod.cli import main
 
