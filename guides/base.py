@@ -31,6 +31,7 @@ class Guide(nn.Module):
 
     registry_name = "guide"
     is_point_estimate = False  # a Delta guide is not a density, so not an IS proposal
+    scores_own_samples_only = False  # planar, radial, Sylvester: log q only at their own draws
 
     def __init__(self, model):
         super().__init__()

@@ -366,6 +366,7 @@ class ProgramGuide(_Program):
     """
 
     is_point_estimate = False
+    scores_own_samples_only = False
     is_program = True
 
     def __init__(self, fn, model, data=None, name: str | None = None):

@@ -19,8 +19,8 @@ from .checks import check_positive_int
 from .densities import log_densities
 from .distributed import DataParallel
 from .errors import ConfigError, DataError, TrainingDiverged
+from .labels import LabelFeed, training_labels
 from .latents import check_pair
-from .models.base import LabelFeed, training_labels
 from .objectives import get_objective
 from .optim import (
     check_clip_grad_norm,

@@ -10,7 +10,7 @@ from pyro.infer import TraceEnum_ELBO
 
 import pyro_genmod as pg
 from pyro_genmod.errors import ConfigError, DataError, PairingError
-from pyro_genmod.models.base import with_labels
+from pyro_genmod.labels import with_labels
 from pyro_genmod.nn import join_label
 from pyro_genmod.models.m2 import hide_labels
 
