@@ -141,22 +141,30 @@ def driver(jobs_file: str) -> None:
     print(json.dumps(results))
 
 
-def slow(seconds: float, argv: list[str]) -> int:
-    """``genmod`` with a pause before every optimizer step, so that two processes overlap."""
+def held(go: str, at_step: int, argv: list[str]) -> int:
+    """``genmod`` that waits before its ``at_step``-th optimizer step until the file ``go`` exists,
+    so a test decides how long it holds its run folder, whatever the load on the machine."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     from pyro_genmod.cli import main
 
     torch.set_num_threads(1)
-    register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: time.sleep(seconds))
+    steps, deadline = [0], time.monotonic() + 600
+
+    def wait(optimizer, args, kwargs):
+        steps[0] += 1
+        while steps[0] == at_step and not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    register_optimizer_step_pre_hook(wait)
     return main(argv)
 
 
 if __name__ == "__main__" and len(sys.argv) == 2:
     driver(sys.argv[1])
     sys.exit(0)
-if __name__ == "__main__" and sys.argv[1] == "--slow":
-    sys.exit(slow(float(sys.argv[2]), sys.argv[3:]))
+if __name__ == "__main__" and sys.argv[1] == "--held":
+    sys.exit(held(sys.argv[2], int(sys.argv[3]), sys.argv[4:]))
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -286,17 +294,21 @@ def test_sigkill_during_overwrite_leaves_old_or_new_run_never_a_mix_and_resumes(
 # --- 3: one writer at a time; a lock left by a killed writer is taken over ---------------------
 
 
-def _slow(argv: list[str], seconds: float = 0.5) -> subprocess.Popen:
+def _held(go: Path, at_step: int, argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(HERE), "--slow", str(seconds), *argv],
+        [sys.executable, str(HERE), "--held", str(go), str(at_step), *argv],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )
 
 
 def test_two_writers_started_together_one_is_refused_naming_the_other(tmp_path):
-    out = tmp_path / "run"
-    argv = ["train", *TINY, "--epochs", "3", "--out", str(out)]  # 9 steps of 0.5 s: the two overlap
-    first, second = _slow(argv), _slow(argv)
+    out, go = tmp_path / "run", tmp_path / "go"
+    argv = ["train", *TINY, "--epochs", "3", "--out", str(out)]
+    first, second = _held(go, 1, argv), _held(go, 1, argv)  # each waits at its first step for `go`
+    deadline = time.monotonic() + 120
+    while first.poll() is None and second.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # until one of them gives up (without a lock both would wait here)
+    go.touch()
     outputs = [p.communicate(timeout=300) for p in (first, second)]
     codes = [first.returncode, second.returncode]
     assert sorted(codes) == [0, 2], (codes, outputs)
@@ -312,7 +324,8 @@ def test_two_writers_started_together_one_is_refused_naming_the_other(tmp_path):
 
 def test_a_lock_left_by_a_killed_writer_is_taken_over(tmp_path, capsys):
     out = tmp_path / "run"
-    writer = _slow(["train", *TINY, "--epochs", "6", "--out", str(out)], seconds=0.3)  # 18 steps, 5.4 s
+    # it waits before step 4, after the checkpoint of epoch 1 (3 steps), until it is killed
+    writer = _held(tmp_path / "never", 4, ["train", *TINY, "--epochs", "3", "--out", str(out)])
     lock, deadline = out / ".genmod-lock", time.monotonic() + 120
     try:
         while not ((out / CHECKPOINT_FILE).is_file() and lock.is_file()
@@ -331,7 +344,7 @@ def test_a_lock_left_by_a_killed_writer_is_taken_over(tmp_path, capsys):
         os.kill(writer.pid, 0)
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--quiet"]) == 0, capsys.readouterr().err
-    assert load_run(out).metrics["epochs"] == 6
+    assert load_run(out).metrics["epochs"] == 3
     assert _leftovers(out) == []
 
 
