@@ -28,7 +28,7 @@ def create_model(name: str, data, **kwargs):
         return program_from_source(name, data, **kwargs)
     cls = MODELS.lookup(name)
     shape = tuple(getattr(data, "shape", data))
-    _check_options(cls, "model", name, kwargs, skip=1)
+    kwargs = _check_options(cls, "model", name, kwargs, skip=1)
     try:
         model = cls(shape, **kwargs)
     except (TypeError, ValueError) as error:
@@ -59,7 +59,7 @@ def create_guide(name: str, model, data=None, **kwargs):
     if reason is not None:
         model_name = getattr(model, "registry_name", type(model).__name__)
         raise PairingError(f"guide '{name}' does not fit model '{model_name}': {reason}")
-    _check_options(cls, "guide", name, kwargs, skip=1)
+    kwargs = _check_options(cls, "guide", name, kwargs, skip=1)
     try:
         guide = cls(model, **kwargs)
     except (TypeError, ValueError) as error:

@@ -231,6 +231,15 @@ CASES = [
     Case("non-numeric value in a dataset option", _simple(
         ["--data-opt", "seed=abc"], lambda: pg.load_dataset("digits", seed="abc"), pg.ConfigError,
         "option 'seed' must be a number, got 'abc'")),
+    Case("fractional value for an integer model option", _simple(
+        ["--model-opt", "channels=2.5"], lambda: pg.create_model("vae", (1, 8, 8), channels=2.5), pg.ConfigError,
+        "option 'channels' must be an integer, got 2.5")),
+    Case("true/false for an integer dataset option", _simple(
+        ["--data-opt", "seed=true"], lambda: pg.load_dataset("digits", seed=True), pg.ConfigError,
+        "option 'seed' must be an integer, got True")),
+    Case("a word that is not yes or no for a boolean option", _simple(
+        ["--data-opt", "binarize=maybe"], lambda: pg.load_dataset("digits", binarize="maybe"), pg.ConfigError,
+        "option 'binarize' must be true or false, got 'maybe'")),
     Case("non-numeric learning rate", _simple(
         ["--lr", "fast"], lambda: _fit(pg.load_dataset("digits"), lr="fast"), pg.ConfigError, "positive number, got 'fast'")),
     Case("unknown objective", _simple(
