@@ -62,3 +62,18 @@ def test_ais_runs_on_a_vae_from_its_encoder(trained_vae, digits):
     plain = pg.log_likelihood(model, guide, x, 8, seed=0, khat=False)
     assert bool(torch.isfinite(ais.per_point).all())
     assert float(ais.per_point.mean()) > float(plain.elbo.mean())  # tighter than the ELBO
+
+
+def test_bdmc_sandwiches_the_exact_log_likelihood_and_tightens_with_more_steps(ppca):
+    from pyro_genmod.ais import bdmc
+
+    model, _, _ = ppca
+    prior = pg.create_guide("prior", model)
+    short = bdmc(model, prior, num_points=12, num_chains=4, num_steps=5, seed=0)
+    long = bdmc(model, prior, num_points=12, num_chains=4, num_steps=100, seed=0)
+    for result in (short, long):
+        exact = model.exact_log_likelihood(result.x).detach()
+        below, above = exact - result.lower, result.upper - exact
+        for side in (below, above):  # each bound on its side of the truth, up to 4 standard errors
+            assert float(side.mean()) > -4 * float(side.std() / side.numel() ** 0.5) - 0.05
+    assert float(long.gap.mean()) < float(short.gap.mean()) / 3
