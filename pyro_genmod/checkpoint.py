@@ -319,6 +319,7 @@ class Checkpointer:
             seconds=float(progress["seconds"]), history=list(progress["history"]), best_epoch=progress["best_epoch"],
             best_value=float(progress["best_value"]), order=ckpt.tensors.get("order"),
             last_good=states("last_good"), best=states("best"), schedule=progress.get("schedule"),
+            initial_val_elbo=progress.get("initial_val_elbo"),
         )
 
 
@@ -337,3 +338,4 @@ class Resumed:
     last_good: tuple[dict, dict] | None
     best: tuple[dict, dict] | None
     schedule: dict | None = None
+    initial_val_elbo: float | None = None  # the untrained pair's (absent from older checkpoints)

@@ -43,7 +43,9 @@ class FastPathUnsupported(GenmodError):
 
 
 class TrainingDiverged(GenmodError, RuntimeError):
-    """The loss became NaN or infinite. ``.result`` holds the run up to the last good state."""
+    """Training blew up: a NaN or infinite loss, a training loss orders of magnitude above its
+    running median, or a validation ELBO far below its best. ``.result`` holds the run up to
+    the last good state."""
 
     def __init__(self, message: str, result=None):
         super().__init__(message)

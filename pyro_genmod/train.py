@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import pyro
@@ -31,8 +33,14 @@ from .optim import (
     step_schedule,
 )
 from .programs import as_guide, as_model
+from .seeding import seeded
 
 __all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int"]
+
+# Blow-up detection (see _Fit._check_loss_blowup and _Fit._check_validation_drop).
+BLOWUP_WINDOW = 100  # steps in the running median of the per-point training loss
+BLOWUP_FACTOR = 100  # "two orders of magnitude" above the median's scale
+BLOWUP_STEPS = 3  # consecutive exploding steps before the fit is stopped
 
 
 @dataclass
@@ -155,9 +163,13 @@ def fit(
     for each minibatch, and so does its guide when its ``forward`` takes ``y``.
 
     Returns:
-        A :class:`FitResult`. If the loss becomes NaN or infinite, the model and guide are
-        restored to the last good state and :class:`TrainingDiverged` is raised, carrying the
-        result so far.
+        A :class:`FitResult`. If training diverges, the model and guide are restored to the last
+        good state (the end of the previous epoch) and :class:`TrainingDiverged` is raised,
+        carrying the result so far. Divergence is: a NaN or infinite loss or validation ELBO; a
+        per-point training loss more than 100 times the scale of its running median (at least
+        10 nats) for 3 steps in a row; or a validation ELBO more than
+        ``max(50, 10 * (best - first), |best| / 2)`` nats below the best so far, where ``first``
+        is the first epoch's.
     """
     run = _Fit(
         model, guide, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
@@ -239,8 +251,13 @@ class _Fit:
         )
         self.last_good = _snapshot(model, guide)
         self.best = (-math.inf, self.last_good)
+        self.recent_losses: deque[float] = deque(maxlen=BLOWUP_WINDOW)  # per-point losses of recent steps
+        self.exploding = 0  # consecutive steps whose loss is far above their running median
+        self.initial_val_elbo: float | None = None  # the untrained pair's, measured when training starts
+        self.seed, self.beta, self.kl_warmup = seed, beta, kl_warmup
         self.saver = Checkpointer(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
         self.first_epoch, self.skip, self.order, self.epoch_loss, self.elapsed = 1, 0, None, 0.0, 0.0
+        self.resumed = False
 
     # --- checkpointing ---------------------------------------------------------------------
 
@@ -254,6 +271,8 @@ class _Fit:
         self.result.history, self.result.best_epoch = r.history, r.best_epoch
         self.last_good = r.last_good or _snapshot(self.model, self.guide)
         self.best = (r.best_value, r.best or self.last_good)
+        self.initial_val_elbo = r.initial_val_elbo
+        self.resumed = True
 
     def save(self, next_epoch: int, next_step: int) -> None:
         """Checkpoint the fit as it stands before step ``next_step`` of epoch ``next_epoch``."""
@@ -261,6 +280,7 @@ class _Fit:
             epoch=next_epoch, step=next_step, epoch_loss=self.epoch_loss, history=self.result.history,
             seconds=time.perf_counter() - self.start, best_epoch=self.result.best_epoch, best_value=self.best[0],
             options=self.options, schedule=schedule_state(self.scheduler),
+            initial_val_elbo=self.initial_val_elbo,
         )
         mid_epoch = next_step > 0
         self.saver.save(
@@ -298,8 +318,9 @@ class _Fit:
             self._diverged(
                 f"non-finite loss ({value}) at epoch {epoch}, step {step + 1}",
                 f"training stopped: the loss became {value} at epoch {epoch}, step {step + 1}; parameters "
-                f"were restored to the end of epoch {epoch - 1} (try a smaller learning rate)",
+                f"were restored to {_restored_to(epoch)} (try a smaller learning rate than {self.options['lr']})",
             )
+        self._check_loss_blowup(epoch, step, value / max(1, index.shape[0]))
         self.optimizer.zero_grad(set_to_none=True)
         differentiable.backward()
         if ddp:
@@ -313,11 +334,7 @@ class _Fit:
         """Score the validation set, record the epoch, keep the best state; ``False`` when
         early stopping ends the fit (the best parameters are then restored)."""
         model, guide, result = self.model, self.guide, self.result
-        model.eval(), guide.eval()
-        if self.ddp:
-            val_elbo = self.ddp.mean_over_shards(lambda x: evaluate_elbo(model, guide, x), self.val_x)
-        else:
-            val_elbo = evaluate_elbo(model, guide, self.val_x)
+        val_elbo = self.val_elbo()
         record = {
             "epoch": epoch,
             "train_elbo": -self.epoch_loss / self.num_train,
@@ -331,8 +348,9 @@ class _Fit:
             self._diverged(
                 f"non-finite validation ELBO at epoch {epoch}",
                 f"training stopped: the validation ELBO became {val_elbo} at epoch {epoch}; parameters "
-                f"were restored to the end of epoch {epoch - 1}",
+                f"were restored to {_restored_to(epoch)} (try a smaller learning rate than {self.options['lr']})",
             )
+        self._check_validation_drop(epoch, val_elbo)
         self.last_good = _snapshot(model, guide)
         if val_elbo > self.best[0]:
             self.best = (val_elbo, self.last_good)
@@ -348,6 +366,70 @@ class _Fit:
             step_schedule(self.scheduler, val_elbo)
         return True
 
+    def val_elbo(self) -> float:
+        """The validation ELBO per point (the pair is left in eval mode)."""
+        model, guide = self.model, self.guide
+        model.eval(), guide.eval()
+        if self.ddp:
+            return self.ddp.mean_over_shards(lambda x: evaluate_elbo(model, guide, x), self.val_x)
+        return evaluate_elbo(model, guide, self.val_x)
+
+    def _check_loss_blowup(self, epoch: int, step: int, loss: float) -> None:
+        """Stop when the per-point training loss has been more than 100 times the scale of its
+        running median (over the last ``BLOWUP_WINDOW`` steps; the scale is at least 10 nats) for
+        ``BLOWUP_STEPS`` steps in a row: the parameters were thrown far off (a learning rate far
+        too large), even though the loss is still finite. A single outlying batch is not enough."""
+        if self.recent_losses:
+            median = statistics.median(self.recent_losses)
+            if loss - median > BLOWUP_FACTOR * max(abs(median), 10.0):
+                self.exploding += 1
+                if self.exploding >= BLOWUP_STEPS:
+                    self._diverged(
+                        f"diverged: the training loss exploded at epoch {epoch}, step {step + 1}",
+                        f"training diverged: the training loss reached {loss:.4g} nats per point at epoch "
+                        f"{epoch}, step {step + 1}, over {BLOWUP_FACTOR} times its running median "
+                        f"({median:.4g}) for {BLOWUP_STEPS} steps in a row; parameters were restored to "
+                        f"{_restored_to(epoch)} (try a smaller learning rate than {self.options['lr']})",
+                    )
+                return  # an exploding step does not enter the median
+        self.exploding = 0
+        self.recent_losses.append(loss)
+
+    def _check_validation_drop(self, epoch: int, val_elbo: float) -> None:
+        """Stop when the validation ELBO has blown up (not during KL warm-up, whose objective is
+        not the ELBO):
+
+        - it is more than ``max(50, |initial|)`` nats below the untrained pair's ``initial``
+          (training made the model far worse than doing nothing; checked when ``beta >= 1``);
+        - or it fell more than ``max(50, 10 * (best - initial), |best| / 2)`` nats below the best
+          so far: far more than epoch-to-epoch noise or the progress training has made
+          (``initial`` is the first epoch's when the untrained value is unknown).
+        """
+        if epoch <= self.kl_warmup:
+            return
+        initial = self.initial_val_elbo
+        if initial is not None and self.beta >= 1 and val_elbo < initial - max(50.0, abs(initial)):
+            self._diverged(
+                f"diverged: the validation ELBO fell far below the untrained model's at epoch {epoch}",
+                f"training diverged: the validation ELBO fell to {val_elbo:.4g} at epoch {epoch}, far below "
+                f"the untrained model's {initial:.4g}; parameters were restored to {_restored_to(epoch)} "
+                f"(try a smaller learning rate than {self.options['lr']})",
+            )
+        earlier = [r["val_elbo"] for r in self.result.history[:-1]]
+        if not earlier:
+            return
+        first, best = (initial if initial is not None else earlier[0]), max(earlier)
+        allowed = max(50.0, 10.0 * (best - first), 0.5 * abs(best))
+        if val_elbo < best - allowed:
+            best_epoch = self.result.history[earlier.index(best)]["epoch"]
+            self._diverged(
+                f"diverged: the validation ELBO fell {best - val_elbo:.4g} nats below its best at epoch {epoch}",
+                f"training diverged: the validation ELBO fell to {val_elbo:.4g} at epoch {epoch}, "
+                f"{best - val_elbo:.4g} nats below its best ({best:.4g}, epoch {best_epoch}; more than the "
+                f"{allowed:.4g} allowed); parameters were restored to {_restored_to(epoch)} (try a smaller "
+                f"learning rate than {self.options['lr']}, or early_stopping)",
+            )
+
     def _diverged(self, reason: str, message: str) -> None:
         self.model.load_state_dict(self.last_good[0]), self.guide.load_state_dict(self.last_good[1])
         self.result.stopped_reason = reason
@@ -359,6 +441,11 @@ class _Fit:
     def train(self, progress: bool) -> FitResult:
         ddp, spe = self.ddp, self.steps_per_epoch
         self.start = time.perf_counter() - self.elapsed
+        if not self.resumed:
+            with seeded(self.seed):  # leaves the random streams of training as they were
+                self.initial_val_elbo = self.val_elbo()
+            if not math.isfinite(self.initial_val_elbo):
+                self.initial_val_elbo = None
         total = self.epochs * spe
         self.bar = tqdm(
             total=total, initial=min((self.first_epoch - 1) * spe + self.skip, total),
@@ -382,6 +469,10 @@ class _Fit:
             self.result.train_seconds = time.perf_counter() - self.start
         self.model.eval(), self.guide.eval()
         return self.result
+
+
+def _restored_to(epoch: int) -> str:
+    return "their initial values" if epoch <= 1 else f"the end of epoch {epoch - 1}"
 
 
 def _check_data(model, data) -> None:

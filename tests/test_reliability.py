@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import pyro_genmod as pg
 from pyro_genmod.bench import run_bench
@@ -84,3 +86,79 @@ def test_a_bench_config_with_a_fractional_int_option_fails_its_cell(tmp_path):
     rows = run_bench(config, progress=False)
     assert [row["status"] for row in rows] == ["failed"]
     assert "option 'latent_dim' must be an integer, got 2.5" in rows[0]["error"]
+
+
+# --- 2: a blow-up is caught even while the loss stays finite -----------------------------------
+
+
+def test_lr_10_on_the_default_setup_stops_as_diverged(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--lr", "10", "-K", "20", "--quiet", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training diverged" in err[0] and "smaller learning rate" in err[0], err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_reason"].startswith("diverged")
+    assert metrics["test_elbo"] > -100  # the restored (untrained) pair, not a blown-up one (-8.7e4)
+
+
+def test_a_normal_run_on_the_default_setup_completes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "8", "-K", "20", "--quiet", "--out", str(out)]) == 0
+    assert "(completed)" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["stopped_reason"] == "completed"
+
+
+def _pair(data, **options):
+    torch.manual_seed(0)
+    model = pg.create_model("vae", data, latent_dim=2, hidden=[32], **options)
+    return model, pg.create_guide("mean_field", model, hidden=[32])
+
+
+def test_a_learning_rate_that_wrecks_the_first_epoch_is_caught_and_the_start_restored(digits):
+    model, guide = _pair(digits)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pg.TrainingDiverged, match="far below the untrained model's") as caught:
+        pg.fit(model, guide, digits, lr=1.0, epochs=5, progress=False)
+    assert "smaller learning rate than 1.0" in str(caught.value)
+    assert caught.value.result.stopped_reason.startswith("diverged")
+    assert all(torch.equal(initial[k], v) for k, v in model.state_dict().items())
+
+
+def _wreck_after(step_count: int, model):
+    """An optimizer hook that, after the ``step_count``-th step, throws the decoder's weights far off
+    (as one huge update would), so the next validation sees a blown-up model."""
+    steps = [0]
+
+    def hook(optimizer, args, kwargs):
+        steps[0] += 1
+        if steps[0] == step_count:
+            with torch.no_grad():
+                for p in model.decoder.parameters():
+                    p.mul_(60.0)
+
+    return hook
+
+
+def test_a_validation_elbo_far_below_its_best_stops_the_fit(digits):
+    model, guide = _pair(digits)
+    steps_per_epoch = -(-digits.train.shape[0] // 128)
+    hook = register_optimizer_step_post_hook(_wreck_after(3 * steps_per_epoch, model))
+    try:
+        # beta < 1: only the drop-from-best rule applies (the untrained-model rule needs beta >= 1)
+        with pytest.raises(pg.TrainingDiverged, match="nats below its best") as caught:
+            pg.fit(model, guide, digits, lr=1e-3, epochs=6, beta=0.99, progress=False)
+    finally:
+        hook.remove()
+    result = caught.value.result
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert "restored to the end of epoch 2" in str(caught.value)
+
+
+def test_one_outlying_batch_is_not_a_divergence():
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(600, 4, generator=generator)
+    train[7] = 300.0  # one far outlier: its batch's loss is thousands of times the others'
+    data = pg.Dataset("outlier", train, torch.randn(60, 4, generator=generator), torch.randn(60, 4, generator=generator))
+    model, guide = _pair(data, likelihood="gaussian")
+    result = pg.fit(model, guide, data, epochs=6, batch_size=64, progress=False)
+    assert result.stopped_reason == "completed" and result.epochs_run == 6
