@@ -218,15 +218,29 @@ def cmd_sample(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .bench import GridIncomplete, collect, load_config, run_bench
 
-    rows = run_bench(
-        args.config, results_dir=args.results_dir, retry_failed=args.retry_failed,
-        progress=not args.quiet, only=args.only, data_root=args.data_root,
-    )
+    if args.collect:
+        rows = collect(load_config(args.config), args.results_dir)
+        missing = len(load_config(args.config).cells()) - len(rows)
+    else:
+        try:
+            rows = run_bench(
+                args.config, results_dir=args.results_dir, retry_failed=args.retry_failed,
+                progress=not args.quiet, only=args.only, data_root=args.data_root, executor=args.executor,
+                jobs=args.jobs, scheduler=args.scheduler, slurm_local=args.slurm_local,
+                slurm_folder=args.slurm_folder,
+            )
+            missing = 0
+        except GridIncomplete as error:
+            print(f"genmod: error: {error}", file=sys.stderr)
+            rows, missing = error.rows, len(error.problems)
     failed = [row["cell"] for row in rows if row.get("status") != "ok"]
-    print(f"{len(rows) - len(failed)} cells ok, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    print(
+        f"{len(rows) - len(failed)} cells ok, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else "")
+        + (f"; {missing} without a result" if missing else "")
+    )
+    return 1 if failed or (missing and not args.collect) else 0
 
 
 def cmd_diagnose(args) -> int:
@@ -392,6 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.add_argument("--data-root", default=None, metavar="DIR",
                        help="folder holding downloaded datasets (default: $GENMOD_DATA_ROOT, else ./data)")
+    bench.add_argument("--collect", action="store_true",
+                       help="only build NAME.csv and NAME.md from the cells' result files (run nothing)")
+    bench.add_argument("--executor", choices=["local", "dask", "slurm"], default=None,
+                       help="where cells run: worker processes here (default), a Dask cluster, a Slurm job array")
+    bench.add_argument("--jobs", type=int, default=None, metavar="N",
+                       help="cells at once: local worker processes (default 1: this process), LocalCluster "
+                            "workers, or Slurm array tasks (default: one per cell)")
+    bench.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="Dask scheduler address (default: a LocalCluster of --jobs workers)")
+    bench.add_argument("--slurm-local", action="store_true",
+                       help="run the job array with submitit's local executor (no Slurm needed)")
+    bench.add_argument("--slurm-folder", default=None, metavar="DIR",
+                       help="submitit's logs and job files (default: RUNS/.submitit)")
     bench.set_defaults(func=cmd_bench)
 
     diag = sub.add_parser("diagnose", help="compare a run's guide with NUTS draws of p(z|x) on test points (ArviZ)")

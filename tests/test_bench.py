@@ -100,9 +100,14 @@ def test_finished_cells_are_skipped_and_trained_cells_only_rescored(tmp_path, mo
     with monkeypatch.context() as patch:
         patch.setattr(executor, "run_cell", no_cell)
         resumed = run_bench(config, progress=False)
-    assert resumed == first
+        assert resumed == first
+        (tmp_path / "results" / "tiny.csv").unlink()  # the table is rebuilt from the cells' result files
+        assert run_bench(config, progress=False) == first
     # Results lost but run folders kept: cells are scored again without training.
-    (tmp_path / "results" / "tiny.csv").unlink()
+    results = sorted((tmp_path / "runs" / "tiny").glob("*/result.json"))
+    assert len(results) == 2
+    for result in results:
+        result.unlink()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a trained cell was trained again")

@@ -12,7 +12,8 @@ from pyro_genmod.errors import ConfigError
 __all__ = ["Cell", "BenchConfig", "load_config"]
 
 _TOP_KEYS = {"name", "title", "notes", "results_dir", "runs_dir", "grid", "training", "evaluation",
-             "datasets", "models", "guides", "overrides", "published"}
+             "datasets", "models", "guides", "overrides", "published", "executor", "jobs", "scheduler", "slurm"}
+EXECUTORS = ("local", "dask", "slurm")
 _EVAL_DEFAULTS = {
     "num_samples": 1000, "seed": 0, "max_points": None, "khat_points": None, "eval_block": 500,
     "probe_points": 10000, "kl_samples": 16,
@@ -41,6 +42,11 @@ class Cell:
     @property
     def id(self) -> str:
         return f"{self.dataset}/{self.model}/{self.guide}/{self.objective_name}-k{self.k}/seed{self.seed}"
+
+    @property
+    def slug(self) -> str:
+        """The name of the cell's run folder under the grid's runs folder."""
+        return self.id.replace("/", "__")
 
 
 @dataclass
@@ -80,6 +86,13 @@ class BenchConfig:
             if all(wanted.get(key, getattr(cell, key)) == getattr(cell, key) for key in keys):
                 return entry
         return {}
+
+    def runs_folder(self) -> Path:
+        return self.folder("runs_dir", f"runs/{self.name}")
+
+    def cell_folder(self, cell: Cell) -> Path:
+        """The cell's run folder: its trained run, its evaluation blocks, its ``result.json``."""
+        return self.runs_folder() / cell.slug
 
     def folder(self, key: str, default: str) -> Path:
         """Results or runs folder: relative paths are taken from the folder above ``configs/``."""
@@ -121,6 +134,14 @@ def load_config(path: str | Path) -> BenchConfig:
         raise ConfigError(
             f"[evaluation] in '{path}' has no option '{key}'; its options are {sorted(_EVAL_DEFAULTS)}"
         )
-    return BenchConfig(path=path, raw=raw)
+    executor = raw.get("executor", "local")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"benchmark config '{path}': executor '{executor}' is not one of {list(EXECUTORS)}")
+    jobs = raw.get("jobs", 1)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"benchmark config '{path}': jobs must be a positive integer, not {jobs!r}")
+    if not isinstance(raw.get("slurm", {}), dict):
+        raise ConfigError(f"benchmark config '{path}': [slurm] must be a table of submitit parameters")
+    return BenchConfig(path=path.resolve(), raw=raw)
 
 

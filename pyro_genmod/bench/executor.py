@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
-from tqdm.auto import tqdm
 
 from pyro_genmod.datasets import Dataset, load_dataset
-from pyro_genmod.errors import GenmodError
+from pyro_genmod.errors import GenmodError, RunFolderError
 from pyro_genmod.factories import create_guide, create_model
+from pyro_genmod.folders import FolderLock
 from pyro_genmod.runs import load_run, prepare_run_folder, save_run
 from pyro_genmod.tasks import encode
 from pyro_genmod.train import fit
 
-from .config import BenchConfig, Cell, load_config
+from .config import BenchConfig, Cell
 from .metrics import active_units, blockwise_log_likelihood, kl_per_dimension, linear_probe_accuracy
-from .report import read_rows, write_results
+from .report import read_result, write_result
 
-__all__ = ["run_cell", "run_bench"]
+__all__ = ["run_cell", "run_cells", "pending_cells"]
 
 
 def _names_code_of(folder: Path, cell: Cell) -> bool:
@@ -104,61 +107,92 @@ def _loader_parameters(name: str) -> set[str]:
     return set(inspect.signature(dataset_loader(name)).parameters)
 
 
-def run_bench(
-    config: str | Path | BenchConfig, *, results_dir: str | Path | None = None,
-    retry_failed: bool = False, progress: bool = True, only: str | None = None,
-    data_root: str | Path | None = None,
-) -> list[dict]:
-    """Run every cell of a benchmark grid that has no result yet; return all rows as saved (strings).
+_DATASETS: dict[tuple, Dataset] = {}  # per process: a worker loads each dataset once
 
-    Results go to ``RESULTS/NAME.csv`` and ``RESULTS/NAME.md`` after every cell, and trained
-    parameters to ``RUNS/<cell>/`` (a run folder; ``runs_dir``, by default ``runs/NAME``; two
-    configs naming the same ``runs_dir`` share trained runs), so an interrupted grid resumes where it
-    stopped: finished cells are skipped, and a cell whose training finished is only scored.
-    A cell that raises is recorded as ``failed`` with its error and the grid carries on;
-    ``retry_failed`` runs such cells again. ``only`` keeps the cells whose id contains it, so
-    that separate processes can share a grid (each merges its rows into the files on writing).
-    ``data_root`` is the folder of downloaded datasets (the ``root`` option of every dataset that
-    takes one; otherwise ``$GENMOD_DATA_ROOT``), so configs hold no machine's paths.
+
+def _dataset(config: BenchConfig, name: str, data_root) -> Dataset:
+    options = dict(config.raw.get("datasets", {}).get(name, {}))
+    if data_root is not None and "root" in _loader_parameters(name):
+        options["root"] = str(data_root)
+    key = (name, json.dumps(options, sort_keys=True, default=str))
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset(name, **options)
+    return _DATASETS[key]
+
+
+def _run_one(cell: Cell, config: BenchConfig, data_root, progress: bool) -> dict:
+    """The cell's result row: its metrics and ``status = "ok"``, or ``"failed"`` with the error."""
+    row = {
+        "cell": cell.id, "dataset": cell.dataset, "model": cell.model, "guide": cell.guide,
+        "objective": cell.objective_name, "k": cell.k, "seed": cell.seed,
+    }
+    try:
+        row.update(run_cell(cell, config, _dataset(config, cell.dataset, data_root), config.cell_folder(cell), progress))
+        row["status"] = "ok"
+    except (GenmodError, RuntimeError, ValueError, TypeError, OSError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        row.update(status="failed", error=f"{type(error).__name__}: {message}")
+    row["attempt"] = uuid.uuid4().hex  # names this result, so --retry-failed reruns it only once
+    row["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+    return row
+
+
+def run_cells(
+    config: BenchConfig, cell_ids: list[str], retry: dict[str, str] | None = None, data_root=None,
+    progress: bool = False,
+) -> list[dict]:
+    """Claim and run cells of ``config`` (the work of one worker, in any process on any machine
+    that sees the runs folder). Returns ``{"cell", "outcome", "error"}`` for each: ``ok`` or
+    ``failed`` (run here), ``skipped`` (it already has a result) or ``busy`` (another worker holds it).
+
+    A cell is claimed by locking its run folder (:class:`~pyro_genmod.folders.FolderLock`); the
+    result is written atomically to ``result.json`` before the lock is released. The kernel drops
+    the lock of a killed worker, so its cell is claimed again by the next worker, which finds no
+    result and runs it (a finished training is reloaded, finished evaluation blocks are kept).
+    ``retry`` maps a failed cell to the ``attempt`` of its failed result: it is run again only
+    while that result is still the one on disk (so two retrying processes run it once).
     """
-    config = config if isinstance(config, BenchConfig) else load_config(config)
-    results = Path(results_dir) if results_dir is not None else config.folder("results_dir", "results")
-    runs = config.folder("runs_dir", f"runs/{config.name}")
-    results.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = results / f"{config.name}.csv", results / f"{config.name}.md"
-    rows = read_rows(csv_path)
-    done = {"ok", "failed"} if not retry_failed else {"ok"}
-    pending = [
-        cell for cell in config.cells()
-        if rows.get(cell.id, {}).get("status") not in done and (only is None or only in cell.id)
-    ]
-    datasets: dict[str, Dataset] = {}
-    bar = tqdm(pending, unit="cell", disable=None if progress else True)
-    for cell in bar:
-        bar.set_description(cell.id)
-        published = config.published(cell)
-        row = {
-            "cell": cell.id, "dataset": cell.dataset, "model": cell.model, "guide": cell.guide,
-            "objective": cell.objective_name, "k": cell.k, "seed": cell.seed,
-            "published_nll": published.get("nll"), "published_budget": published.get("budget"),
-            "published_source": published.get("source"),
-        }
+    cells = {cell.id: cell for cell in config.cells()}
+    retry = retry or {}
+    report = []
+    for cell_id in cell_ids:
+        cell = cells[cell_id]
+        folder = config.cell_folder(cell)
+        folder.mkdir(parents=True, exist_ok=True)
         try:
-            if cell.dataset not in datasets:
-                options = dict(config.raw.get("datasets", {}).get(cell.dataset, {}))
-                if data_root is not None and "root" in _loader_parameters(cell.dataset):
-                    options["root"] = data_root
-                datasets[cell.dataset] = load_dataset(cell.dataset, **options)
-            slug = cell.id.replace("/", "__")
-            row.update(run_cell(cell, config, datasets[cell.dataset], runs / slug, progress))
-            row["status"] = "ok"
-        except (GenmodError, RuntimeError, ValueError, TypeError, OSError) as error:
-            message = " ".join(str(error).split()) or type(error).__name__
-            row.update(status="failed", error=f"{type(error).__name__}: {message}")
-            tqdm.write(f"cell {cell.id} failed: {row['error']}")
-        rows = {**read_rows(csv_path), cell.id: row}  # keep rows another process wrote meanwhile
-        write_results(config, rows, csv_path, md_path)
-    bar.close()
-    if not pending:
-        write_results(config, rows, csv_path, md_path)
-    return list(read_rows(csv_path).values())
+            lock = FolderLock(folder, "bench cell").acquire(patience=0)
+        except RunFolderError as error:
+            if not hasattr(error, "pid"):  # not held, but cannot be locked at all
+                raise
+            report.append({"cell": cell_id, "outcome": "busy"})
+            continue
+        try:
+            existing = read_result(folder)
+            if existing is not None and not (
+                existing.get("status") == "failed" and existing.get("attempt") is not None
+                and retry.get(cell_id) == existing.get("attempt")
+            ):
+                report.append({"cell": cell_id, "outcome": "skipped"})
+                continue
+            row = _run_one(cell, config, data_root, progress)
+            write_result(folder, row)
+            report.append({"cell": cell_id, "outcome": row["status"], "error": row.get("error")})
+        finally:
+            lock.release()
+    return report
+
+
+def pending_cells(config: BenchConfig, retry_failed: bool = False, only: str | None = None) -> tuple[list[str], dict]:
+    """The ids of the cells that have no result (or a failed one, with ``retry_failed``), and the
+    failed results' attempts to retry."""
+    pending, retry = [], {}
+    for cell in config.cells():
+        if only is not None and only not in cell.id:
+            continue
+        result = read_result(config.cell_folder(cell))
+        if result is None:
+            pending.append(cell.id)
+        elif retry_failed and result.get("status") != "ok":
+            pending.append(cell.id)
+            retry[cell.id] = result.get("attempt")
+    return pending, retry

@@ -1,16 +1,28 @@
-"""Benchmark results: the CSV (merged across processes) and the Markdown table beside published numbers."""
+"""Benchmark results: one ``result.json`` per cell, collected into the CSV and the Markdown table
+beside published numbers.
+
+Each cell writes its own result file atomically in its run folder (``RUNS/<cell>/result.json``);
+nothing rewrites a shared file by read-modify-write. :func:`collect` builds ``NAME.csv`` and
+``NAME.md`` from the cell files, under a lock so that two collects never interleave.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
-from pyro_genmod.folders import atomic_write_text
+from pyro_genmod.errors import RunFolderError
+from pyro_genmod.folders import FolderLock, atomic_write_text
 
-from .config import BenchConfig
+from .config import BenchConfig, Cell
 
-__all__ = ["COLUMNS", "markdown_table", "read_rows", "write_results"]
+__all__ = ["COLUMNS", "RESULT_FILE", "markdown_table", "read_rows", "write_results", "read_result",
+           "write_result", "collect"]
+
+RESULT_FILE = "result.json"
+_MIGRATED = ".results-from-csv"  # in the runs folder: the old CSV's rows were moved to result files
 
 COLUMNS = [
     "cell", "status", "dataset", "model", "guide", "objective", "k", "seed", "epochs",
@@ -90,4 +102,87 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
         lines += ["", "Published numbers: " + "; ".join(sources) + "."]
     return "\n".join(lines) + "\n"
 
+
+
+
+def read_result(folder: Path) -> dict | None:
+    """The row a cell wrote in its run folder, or ``None`` while it has none."""
+    try:
+        row = json.loads((Path(folder) / RESULT_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:  # never half-written (atomic), so a foreign or damaged file
+        raise RunFolderError(f"cannot read cell result '{Path(folder) / RESULT_FILE}': {error}") from None
+    return row if isinstance(row, dict) else None
+
+
+def write_result(folder: Path, row: dict) -> None:
+    atomic_write_text(Path(folder) / RESULT_FILE, json.dumps(row, indent=2, default=_plain) + "\n")
+
+
+def _plain(value):
+    try:
+        return value.item()  # numpy and torch scalars
+    except AttributeError:
+        return str(value)
+
+
+def _published(config: BenchConfig, cell: Cell) -> dict:
+    published = config.published(cell)
+    return {
+        "published_nll": published.get("nll"), "published_budget": published.get("budget"),
+        "published_source": published.get("source"),
+    }
+
+
+def _migrate_csv_rows(config: BenchConfig, csv_path: Path) -> None:
+    """Once per runs folder: the rows of a CSV written before cells had result files become
+    result files (so finished cells of an old grid stay finished)."""
+    runs = config.runs_folder()
+    marker = runs / _MIGRATED
+    if marker.exists():
+        return
+    old = read_rows(csv_path)
+    for cell in config.cells():
+        row = old.get(cell.id)
+        folder = config.cell_folder(cell)
+        if row is None or row.get("status") not in ("ok", "failed") or (folder / RESULT_FILE).exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = FolderLock(folder, "bench cell").acquire(patience=0)
+        except RunFolderError:
+            continue  # a worker is running it: its own result will come
+        try:
+            if not (folder / RESULT_FILE).exists():
+                write_result(folder, {key: value for key, value in row.items() if value != ""})
+        finally:
+            lock.release()
+    runs.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, "rows of the CSV written before result files were moved to result.json\n")
+
+
+def collect(config: BenchConfig, results_dir: str | Path | None = None) -> list[dict]:
+    """Build ``RESULTS/NAME.csv`` and ``NAME.md`` from the cells' result files; return the rows as
+    saved (strings), in grid order. Cells without a result yet are left out."""
+    results = Path(results_dir) if results_dir is not None else config.folder("results_dir", "results")
+    results.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = results / f"{config.name}.csv", results / f"{config.name}.md"
+    runs = config.runs_folder()
+    runs.mkdir(parents=True, exist_ok=True)
+    # one collect at a time: a later collect reads every result written before it began, and its
+    # table is the one left on disk (an earlier, staler one cannot land after it)
+    (runs / ".collect").mkdir(exist_ok=True)
+    lock = FolderLock(runs / ".collect", "bench results").acquire(patience=600)
+    try:
+        _migrate_csv_rows(config, csv_path)
+        rows = {}
+        for cell in config.cells():
+            row = read_result(config.cell_folder(cell))
+            if row is not None:
+                rows[cell.id] = {**row, **_published(config, cell), "cell": cell.id}
+        write_results(config, rows, csv_path, md_path)
+    finally:
+        lock.release()
+    return list(read_rows(csv_path).values())
 
