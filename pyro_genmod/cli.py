@@ -98,7 +98,7 @@ def _check_resume_args(args) -> None:
     from .errors import ConfigError
 
     defaults = vars(build_parser().parse_args(["train"]))
-    allowed = {"resume", "quiet", "device", "distributed", "func", "command", "trust_code"}
+    allowed = {"resume", "quiet", "device", "distributed", "func", "command", "trust_code", "allow_changed_data"}
     changed = [k for k, v in vars(args).items() if k not in allowed and v != defaults.get(k)]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
@@ -121,6 +121,10 @@ def cmd_train(args) -> int:
     from .experiment import resume_experiment, run_experiment
 
     distributed = args.distributed or (launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1)
+    if args.allow_changed_data and args.resume is None:
+        from .errors import ConfigError
+
+        raise ConfigError("--allow-changed-data goes with --resume; a new run records the data file as it is now")
     if args.resume is not None:
         _check_resume_args(args)
         out, what = Path(args.resume), f"run {args.resume}"
@@ -143,7 +147,7 @@ def cmd_train(args) -> int:
         if args.resume is not None:
             metrics, result, folder = resume_experiment(
                 out, progress=not args.quiet, device=args.device, distributed=distributed,
-                trust_code=args.trust_code,
+                trust_code=args.trust_code, allow_changed_data=args.allow_changed_data,
             )
         else:
             metrics, result, folder = run_experiment(
@@ -177,7 +181,7 @@ def cmd_evaluate(args) -> int:
     from .experiment import score, score_metrics
     from .runs import load_run
 
-    run = load_run(args.run, trust_code=args.trust_code)
+    run = load_run(args.run, trust_code=args.trust_code, allow_changed_data=args.allow_changed_data)
     seed = args.seed if args.seed is not None else run.config.get("evaluation", {}).get("seed", 0)
     ll, proposal = score(run.model, run.guide, run.data.test, args.num_samples, seed=seed)
     metrics = {**score_metrics(ll, proposal), "seed": seed}
@@ -201,7 +205,7 @@ def cmd_sample(args) -> int:
         raise RunFolderError(f"'{out}' already exists; choose another --out or pass --overwrite")
     if out.suffix.lower() not in {".png", ".jpg", ".jpeg"}:
         raise DataError(f"--out must end in .png or .jpg, got '{out.name}'")
-    run = load_run(args.run, trust_code=args.trust_code)
+    run = load_run(args.run, trust_code=args.trust_code, allow_changed_data=args.allow_changed_data)
     if not run.data.is_image:
         raise DataError(f"dataset '{run.data.name}' is not made of images (shape {run.data.shape}); cannot draw a grid")
     x = sample(run.model, args.num, mean=not args.draws, seed=args.seed)
@@ -249,7 +253,7 @@ def cmd_diagnose(args) -> int:
     from .diagnose import check_continuous, diagnose
     from .runs import check_output_folder, load_run
 
-    run = load_run(args.run, trust_code=args.trust_code)
+    run = load_run(args.run, trust_code=args.trust_code, allow_changed_data=args.allow_changed_data)
     check_continuous(run.model, "genmod diagnose")
     count = min(args.points, run.data.test.shape[0])
     out = Path(args.out) if args.out else run.path / "diagnose"
@@ -271,7 +275,7 @@ def cmd_gaps(args) -> int:
     from .gaps import inference_gaps
     from .runs import load_run
 
-    run = load_run(args.run, trust_code=args.trust_code)
+    run = load_run(args.run, trust_code=args.trust_code, allow_changed_data=args.allow_changed_data)
     count = min(args.points, run.data.test.shape[0])
     gaps = inference_gaps(
         run.model, run.guide, run.data.test[:count], num_samples=args.num_samples, steps=args.steps,
@@ -378,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the processes torchrun starts (--batch-size is per process)")
     train.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
+    train.add_argument("--allow-changed-data", action="store_true",
+                       help="with --resume: use a data file (--dataset file) even if its content changed since the run started")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="re-score a saved run's test set")
@@ -386,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=None, help="default: the run's evaluation seed")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
+    evaluate.add_argument("--allow-changed-data", action="store_true",
+                       help="use a data file (--dataset file) even if its content changed since the run was trained")
     evaluate.set_defaults(func=cmd_evaluate)
 
     sample = sub.add_parser("sample", help="draw new images from a saved run into a grid")
@@ -396,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--draws", action="store_true", help="draw x ~ p(x|z) rather than showing E[x|z]")
     sample.add_argument("--overwrite", action="store_true")
     sample.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
+    sample.add_argument("--allow-changed-data", action="store_true",
+                       help="use a data file (--dataset file) even if its content changed since the run was trained")
     sample.set_defaults(func=cmd_sample)
 
     bench = sub.add_parser("bench", help="run a benchmark grid from a TOML config (resumable)")
@@ -433,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--overwrite", action="store_true", help="replace the files of an earlier diagnosis in --out")
     diag.add_argument("--quiet", action="store_true", help="no progress bars")
     diag.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
+    diag.add_argument("--allow-changed-data", action="store_true",
+                       help="use a data file (--dataset file) even if its content changed since the run was trained")
     diag.set_defaults(func=cmd_diagnose)
 
     gaps = sub.add_parser("gaps", help="inference gap = approximation gap + amortization gap (Cremer et al. 2018)")
@@ -445,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     gaps.add_argument("--json", action="store_true", help="print the summary as JSON")
     gaps.add_argument("--quiet", action="store_true", help="no progress bar")
     gaps.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
+    gaps.add_argument("--allow-changed-data", action="store_true",
+                       help="use a data file (--dataset file) even if its content changed since the run was trained")
     gaps.set_defaults(func=cmd_gaps)
 
     listing = sub.add_parser("list", help="models, guides, datasets, objectives and which pairs fit")

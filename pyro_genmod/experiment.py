@@ -12,7 +12,7 @@ from .distributed import is_main_process
 from .errors import DataError, GenmodError, RunFolderError, TrainingDiverged
 from .factories import create_guide, create_model
 from .importance import LogLikelihood, score
-from .runs import check_trusted, resume_folder, save_run, take_run_folder
+from .runs import check_trusted, resume_folder, run_dataset_options, save_run, take_run_folder
 from .train import FitResult, check_positive_int, fit
 
 __all__ = ["score", "run_experiment", "resume_experiment"]
@@ -149,14 +149,15 @@ def _remove_empty(folder: Path | None, created: Path | None) -> None:
 
 def resume_experiment(
     out: str | Path, *, progress: bool = True, device: str | None = None, distributed: bool = False,
-    trust_code: bool = False,
+    trust_code: bool = False, allow_changed_data: bool = False,
 ) -> tuple[dict, FitResult, Path | None]:
     """Continue the interrupted run in ``out`` from its checkpoint, then score and save it.
 
     The model, guide, dataset and every training option come from the checkpoint, so the
     result is bit for bit the run that would have finished without the interruption (on the
     CPU, with the same thread count). A run of a user's Pyro program imports that code again:
-    it is refused unless ``trust_code=True``.
+    it is refused unless ``trust_code=True``. A data file whose content changed since the run
+    started is refused unless ``allow_changed_data=True``.
     """
     from .data import load_dataset
 
@@ -177,7 +178,7 @@ def resume_experiment(
             f"the checkpoint in '{folder}' does not say how to rebuild its run (missing {error}); "
             f"resume it from Python with fit(..., checkpoint=folder, resume=True)"
         ) from None
-    data = load_dataset(dataset["name"], **dataset["options"])
+    data = load_dataset(dataset["name"], **run_dataset_options(dataset["name"], dataset["options"], allow_changed_data))
     if list(data.shape) != dataset.get("shape", list(data.shape)):
         raise DataError(
             f"the run in '{folder}' was trained on points of shape {tuple(dataset['shape'])}, but "

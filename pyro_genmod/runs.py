@@ -12,6 +12,7 @@ match (a run replaced file by file, or a file edited by hand).
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import time
@@ -24,7 +25,8 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from .datasets import Dataset, load_dataset
-from .errors import GenmodError, RunFolderError
+from ._registry import dataset_loader
+from .errors import DataError, GenmodError, RunFolderError
 from .factories import create_guide, create_model
 from .programs import is_source, untrusted_source_error
 from .folders import (  # noqa: F401  (re-exported: the run-folder API)
@@ -198,14 +200,25 @@ def check_trusted(folder, spec: dict, trust_code: bool) -> None:
             raise untrusted_source_error(name, folder)
 
 
-def load_run(path, data: Dataset | None = None, *, trust_code: bool = False) -> Run:
+def run_dataset_options(name: str, options: dict, allow_changed_data: bool = False) -> dict:
+    """A run's recorded dataset options, plus ``allow_changed=True`` when asked and the loader
+    takes it (``file``: accept a data file whose content differs from the recorded SHA-256)."""
+    options = dict(options)
+    if allow_changed_data and "allow_changed" in inspect.signature(dataset_loader(name)).parameters:
+        options["allow_changed"] = True
+    return options
+
+
+def load_run(path, data: Dataset | None = None, *, trust_code: bool = False, allow_changed_data: bool = False) -> Run:
     """Load a run folder; ``data`` overrides reloading the dataset named in its config.
 
     Parameters are read with safetensors, which never unpickles objects. A replacement that
     was killed while it was committed is completed first (that needs write access); a folder
     whose files do not match the SHA-256 in its ``config.json`` is refused. A run trained with a
     user's Pyro program (``file.py:attr`` or ``module:attr``) imports that code to rebuild the
-    model: it is refused unless ``trust_code=True`` (CLI: ``--trust-code``).
+    model: it is refused unless ``trust_code=True`` (CLI: ``--trust-code``). A data file whose
+    content changed since the run was trained is refused (:class:`DataError`) unless
+    ``allow_changed_data=True`` (CLI: ``--allow-changed-data``).
     """
     path = Path(path)
     if not path.is_dir():
@@ -224,11 +237,14 @@ def load_run(path, data: Dataset | None = None, *, trust_code: bool = False) -> 
     try:
         model_cfg, guide_cfg, data_cfg = config["model"], config["guide"], config["dataset"]
         if data is None:
-            data = load_dataset(data_cfg["name"], **data_cfg.get("options", {}))
+            options = run_dataset_options(data_cfg["name"], data_cfg.get("options", {}), allow_changed_data)
+            data = load_dataset(data_cfg["name"], **options)
         model = create_model(model_cfg["name"], data, **_source_options(model_cfg))
         guide = create_guide(guide_cfg["name"], model, **_source_options(guide_cfg))
     except (KeyError, TypeError) as error:
         raise RunFolderError(f"run folder '{path}' has an invalid config.json ({error!r})") from None
+    except DataError:
+        raise  # the data the run names is missing or changed: say so as it is
     except GenmodError as error:
         raise RunFolderError(f"cannot rebuild the run in '{path}': {error}") from None
     for prefix, module in (("model.", model), ("guide.", guide)):

@@ -135,7 +135,30 @@ def shape_changed_since_checkpoint(tmp, run):
     assert main(["train", *TINY, "--dataset", "file", "--data-opt", f"path={path}", "--out", str(out)]) == 0
     _interrupt(out)
     _csv(path, _binary(cols=5))
-    return ["train", "--resume", str(out)], lambda: resume_experiment(out), pg.DataError, "trained on points of shape (6,)"
+    # told to accept a changed file, the resume still refuses points of another shape
+    argv = ["train", "--resume", str(out), "--allow-changed-data"]
+    api = lambda: resume_experiment(out, allow_changed_data=True)  # noqa: E731
+    return argv, api, pg.DataError, "trained on points of shape (6,)"
+
+
+def _file_run(tmp) -> tuple[Path, Path]:
+    path, out = _csv(tmp / "x.csv", _binary()), tmp / "run"
+    assert main(["train", *TINY, "--dataset", "file", "--data-opt", f"path={path}", "--out", str(out)]) == 0
+    flipped = _binary()
+    flipped[3, 2] = 1 - flipped[3, 2]  # one value edited: same shape, other data
+    _csv(path, flipped)
+    return path, out
+
+
+def data_changed_since_training(tmp, run):
+    path, out = _file_run(tmp)
+    return ["evaluate", str(out)], lambda: load_run(out), pg.DataError, "has changed since this run loaded it"
+
+
+def data_changed_since_checkpoint(tmp, run):
+    path, out = _file_run(tmp)
+    _interrupt(out)
+    return ["train", "--resume", str(out)], lambda: resume_experiment(out), pg.DataError, "has changed since this run loaded it"
 
 
 def not_binary(tmp, run):
@@ -223,6 +246,8 @@ CASES = [
     Case("missing data file", _file_case(lambda tmp: tmp / "absent.csv", "does not exist")),
     Case("data of the wrong shape", wrong_shape),
     Case("data shape changed since the checkpoint", shape_changed_since_checkpoint),
+    Case("data file edited since the run was trained", data_changed_since_training),
+    Case("data file edited since the checkpoint", data_changed_since_checkpoint),
     Case("values outside {0,1} with a Bernoulli likelihood", not_binary),
     Case("non-numeric value in a model option", lambda tmp, run: (
         ["train", "--epochs", "1", "--model-opt", "latent_dim=abc", "--out", str(tmp / "out")],

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -162,3 +164,61 @@ def test_one_outlying_batch_is_not_a_divergence():
     model, guide = _pair(data, likelihood="gaussian")
     result = pg.fit(model, guide, data, epochs=6, batch_size=64, progress=False)
     assert result.stopped_reason == "completed" and result.epochs_run == 6
+
+
+# --- 3: a file dataset records where its data is and what it was ------------------------------
+
+
+def _write_csv(path: Path, x: np.ndarray) -> Path:
+    path.write_text("".join(",".join(repr(float(v)) for v in row) + "\n" for row in x))
+    return path
+
+
+def _binary_rows(flip: bool = False) -> np.ndarray:
+    x = (np.random.default_rng(0).random((40, 6)) > 0.5).astype(np.float64)
+    if flip:
+        x[3, 2] = 1 - x[3, 2]
+    return x
+
+
+def test_a_file_dataset_records_the_absolute_path_and_the_content_hash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _write_csv(tmp_path / "points.csv", _binary_rows())
+    data = pg.load_dataset("file", path="points.csv")
+    assert data.options["path"] == str(path.absolute())
+    assert data.options["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "allow_changed" not in data.options
+    again = pg.load_dataset("file", **data.options)  # the same content under its recorded hash
+    assert torch.equal(again.train, data.train)
+
+
+def test_a_changed_file_is_refused_unless_allowed(tmp_path):
+    path = _write_csv(tmp_path / "points.csv", _binary_rows())
+    options = pg.load_dataset("file", path=str(path)).options
+    _write_csv(path, _binary_rows(flip=True))
+    with pytest.raises(pg.DataError, match="has changed since this run loaded it .*allow_changed=true"):
+        pg.load_dataset("file", **options)
+    changed = pg.load_dataset("file", **options, allow_changed="yes")
+    assert changed.options["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() != options["sha256"]
+
+
+def test_evaluate_finds_the_data_from_another_folder_and_refuses_it_once_edited(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    _write_csv(tmp_path / "a" / "points.csv", _binary_rows())
+    assert main(["train", *TINY, "--dataset", "file", "--data-opt", "path=points.csv", "--out", "run"]) == 0
+    monkeypatch.chdir(tmp_path / "b")  # the path was typed relative to a/
+    run = str(tmp_path / "a" / "run")
+    assert main(["evaluate", run]) == 0
+    _write_csv(tmp_path / "a" / "points.csv", _binary_rows(flip=True))
+    capsys.readouterr()
+    assert main(["evaluate", run]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has changed since this run loaded it" in err[0], err
+    assert main(["evaluate", run, "--allow-changed-data"]) == 0
+
+
+def test_allow_changed_data_is_refused_for_a_new_run(tmp_path, capsys):
+    assert main(["train", *TINY, "--allow-changed-data", "--out", str(tmp_path / "run")]) == 2
+    assert "--allow-changed-data goes with --resume" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

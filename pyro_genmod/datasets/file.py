@@ -3,10 +3,15 @@
 ``genmod train --dataset file --data-opt path=points.csv`` trains on it. Files are read
 without unpickling (``allow_pickle=False``), and every problem is reported with the row of the
 file it is in, before anything is trained or written.
+
+The dataset's options record the file's absolute path and the SHA-256 of its content, so a run
+(``evaluate``, ``--resume``, ``load_run``) reloads exactly the data it was trained on: a file
+edited or replaced since is refused unless ``allow_changed=True``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from pathlib import Path
@@ -19,7 +24,7 @@ from pyro_genmod.errors import DataError
 
 from .base import Dataset, split_and_binarize
 
-__all__ = ["array_file", "read_array"]
+__all__ = ["array_file", "read_array", "file_sha256"]
 
 _SUFFIXES = (".npy", ".npz", ".csv")
 
@@ -63,6 +68,15 @@ def read_array(path: str | Path) -> np.ndarray:
     return x
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of the file's bytes, as hex."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as error:
+        raise DataError(f"cannot read data file '{path}': {error.strerror or error}") from None
+
+
 @register_dataset("file")
 def array_file(
     path: str,
@@ -71,6 +85,8 @@ def array_file(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
+    sha256: str | None = None,
+    allow_changed: bool = False,
 ) -> Dataset:
     """Your own data from a ``.npy``, ``.npz`` (array ``x``) or ``.csv`` file, one row per point.
 
@@ -81,8 +97,22 @@ def array_file(
             time a training point is used (validation and test are drawn once).
         val_fraction, test_fraction: shares of the rows held out, after a seeded permutation.
         seed: seeds the split (and the one-off binarization of validation and test).
+        sha256: the SHA-256 the file's content must have (a run's config records it); a file
+            whose content differs is refused with a :class:`DataError`.
+        allow_changed: accept a file whose content no longer has ``sha256`` (the dataset then
+            records the new content's hash).
+
+    The options the dataset records hold the absolute path and the content's SHA-256.
     """
+    path = Path(path).expanduser().absolute()
     x = read_array(path)
+    digest = file_sha256(path)
+    if sha256 is not None and digest != sha256 and not allow_changed:
+        raise DataError(
+            f"data file '{path}' has changed since this run loaded it (SHA-256 {sha256[:12]}... then, "
+            f"{digest[:12]}... now); restore the original file, or pass allow_changed=true "
+            f"(--allow-changed-data) to use the new content"
+        )
     num = x.shape[0]
     try:
         x = x.reshape(num, *shape) if shape is not None else x
@@ -96,7 +126,10 @@ def array_file(
     if binarize and bool(((x < 0) | (x > 1)).any()):
         raise DataError(f"binarize=True needs values in [0, 1], but '{path}' has values in [{x.min()}, {x.max()}]")
     tensor = torch.as_tensor(x, dtype=torch.float32)
-    options = dict(path=str(path), shape=shape, binarize=binarize, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    options = dict(
+        path=str(path), shape=shape, binarize=binarize, val_fraction=val_fraction, test_fraction=test_fraction,
+        seed=seed, sha256=digest,
+    )
     return split_and_binarize(
         "file", tensor, None, num_val=num_val, num_test=num_test, binarize=binarize, seed=seed, options=options,
     )
