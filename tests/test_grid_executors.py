@@ -64,7 +64,7 @@ if __name__ == "__main__":
 
 import pytest
 
-from pyro_genmod.bench import COLUMNS, run_bench
+from pyro_genmod.bench import COLUMNS, load_config, run_bench
 from pyro_genmod.cli import main
 
 CONFIG = """
@@ -275,3 +275,83 @@ def test_two_bench_processes_on_one_grid_share_it(tmp_path, reference):
     assert sorted(started) == sorted(r["cell"] for r in reference)  # every cell run exactly once
     assert {pid for kind, pid, _ in entries} == {first.pid, second.pid}  # both did work
     assert_same_table(read_csv(tmp_path), reference)
+
+
+FAILING = """
+name = "failing"
+results_dir = "{root}/results"
+runs_dir = "{root}/runs"
+[grid]
+datasets = ["digits"]
+models = ["no_such_model"]
+guides = ["mean_field"]
+objectives = ["trace_elbo", "iwae:2"]
+"""
+
+
+def test_retry_failed_reruns_a_failed_cell_once_even_from_two_processes(tmp_path):
+    from pyro_genmod.bench import run_cells
+    from pyro_genmod.bench.executor import pending_cells
+
+    path = tmp_path / "failing.toml"
+    path.write_text(FAILING.format(root=tmp_path.as_posix()))
+    config = load_config(path)
+    rows = run_bench(config, progress=False)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    first = {cell: r["attempt"] for cell, r in results(tmp_path).items()}
+    assert run_bench(config, progress=False) == rows  # recorded failures are not run again
+    assert {cell: r["attempt"] for cell, r in results(tmp_path).items()} == first
+    # two processes planning a retry from the same failed results: the first reruns the cell, the
+    # second finds another result than the one it planned to retry and leaves it
+    pending, retry = pending_cells(config, retry_failed=True)
+    assert len(pending) == 2 and set(retry.values()) == set(first.values())
+    assert [r["outcome"] for r in run_cells(config, pending, retry)] == ["failed", "failed"]
+    again = {cell: r["attempt"] for cell, r in results(tmp_path).items()}
+    assert set(again.values()).isdisjoint(first.values())
+    assert [r["outcome"] for r in run_cells(config, pending, retry)] == ["skipped", "skipped"]
+    assert {cell: r["attempt"] for cell, r in results(tmp_path).items()} == again
+    run_bench(config, progress=False, retry_failed=True)
+    assert set(r["attempt"] for r in results(tmp_path).values()).isdisjoint(again.values())
+
+
+def test_a_csv_from_before_result_files_keeps_its_rows(tmp_path):
+    from pyro_genmod.bench import collect
+
+    path = tmp_path / "failing.toml"
+    path.write_text(FAILING.format(root=tmp_path.as_posix()))
+    config = load_config(path)
+    cell = config.cells()[0]
+    (tmp_path / "results").mkdir()
+    header = ",".join(COLUMNS)
+    row = {column: "" for column in COLUMNS} | {
+        "cell": cell.id, "status": "ok", "dataset": "digits", "model": "no_such_model", "guide": "mean_field",
+        "objective": "trace_elbo", "k": "1", "seed": "0", "test_nll": "91.5",
+    }
+    (tmp_path / "results" / "failing.csv").write_text(header + "\n" + ",".join(row[c] for c in COLUMNS) + "\n")
+    rows = collect(config)
+    assert [(r["cell"], r["status"], r["test_nll"]) for r in rows] == [(cell.id, "ok", "91.5")]
+    assert results(tmp_path)[cell.slug]["test_nll"] == "91.5"  # now a result file: the cell stays done
+    rows = run_bench(config, progress=False)  # the other cell runs (and fails); the old row stays
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    # once moved, the CSV is only an output: a result file deleted means the cell runs again
+    (tmp_path / "runs" / cell.slug / "result.json").unlink()
+    assert [r["status"] for r in run_bench(config, progress=False)] == ["failed", "failed"]
+
+
+def test_progress_counts_cells_done_running_and_failed(tmp_path):
+    from pyro_genmod.bench.executors import _Progress
+    from pyro_genmod.bench.report import write_result
+    from pyro_genmod.folders import FolderLock
+
+    config = load_config(write_config(tmp_path))
+    cells = config.cells()
+    progress = _Progress(config, [cell.id for cell in cells], enabled=False)
+    assert progress.counts() == (0, 0, 0)
+    for cell in cells[:3]:
+        config.cell_folder(cell).mkdir(parents=True)
+    write_result(config.cell_folder(cells[0]), {"cell": cells[0].id, "status": "ok"})
+    write_result(config.cell_folder(cells[1]), {"cell": cells[1].id, "status": "failed", "error": "x"})
+    with FolderLock(config.cell_folder(cells[2]), "bench cell"):
+        assert progress.counts() == (1, 1, 1)
+    assert progress.counts() == (1, 0, 1)
+    progress.close()

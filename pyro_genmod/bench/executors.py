@@ -40,7 +40,8 @@ class _Progress:
         self.seen: dict[str, str] = {}
         self.bar = tqdm(total=len(cell_ids), unit="cell", disable=None if enabled else True)
 
-    def update(self, attempts: dict[str, str | None] | None = None) -> None:
+    def counts(self, attempts: dict[str, str | None] | None = None) -> tuple[int, int, int]:
+        """Cells (done, running, failed): results written since the start, locks held now."""
         running = 0
         for cell_id, folder in self.folders.items():
             if cell_id in self.seen:
@@ -54,7 +55,11 @@ class _Progress:
             elif FolderLock.holder(folder) is not None:
                 running += 1
         failed = sum(status != "ok" for status in self.seen.values())
-        self.bar.set_postfix_str(f"done {len(self.seen) - failed}, running {running}, failed {failed}", refresh=True)
+        return len(self.seen) - failed, running, failed
+
+    def update(self, attempts: dict[str, str | None] | None = None) -> None:
+        done, running, failed = self.counts(attempts)
+        self.bar.set_postfix_str(f"done {done}, running {running}, failed {failed}", refresh=True)
 
     def close(self) -> None:
         self.bar.close()
