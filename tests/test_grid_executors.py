@@ -81,7 +81,7 @@ seeds = [0, 1, 2, 3]
 epochs = 1
 batch_size = 512
 [evaluation]
-num_samples = 10
+num_samples = 100
 max_points = 60
 khat_points = 30
 eval_block = 30
@@ -134,6 +134,7 @@ def reference(tmp_path_factory):
     assert len(rows) == CELLS and all(r["status"] == "ok" for r in rows)
     assert {r["worker"].rpartition(":")[2] for r in results(root).values()} == {str(os.getpid())}
     assert len({r["test_nll"] for r in rows}) == CELLS  # the seeds and objectives do differ
+    assert all(math.isfinite(float(r["khat_mean"])) for r in rows)  # k-hat is compared too
     return rows
 
 

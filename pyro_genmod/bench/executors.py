@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import time
+import uuid
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -113,8 +114,9 @@ def _dask(config, groups, retry, jobs, scheduler, data_root, bar):
     client = Client(cluster if cluster is not None else scheduler)
     try:
         futures = [
-            client.submit(run_cells, config, group, retry, data_root, False, pure=False, key=f"genmod-bench-{group[0]}-{i}")
-            for i, group in enumerate(groups)
+            client.submit(run_cells, config, group, retry, data_root, False, pure=False,
+                          key=f"genmod-bench-{group[0]}-{uuid.uuid4().hex}")
+            for group in groups
         ]
         _wait(futures, bar, retry)
         return _results(futures, groups)
