@@ -27,6 +27,7 @@ from .errors import (
     ConfigError,
     DataError,
     GenmodError,
+    KhatWarning,
     PairingError,
     RunFolderError,
     TrainingDiverged,
@@ -80,4 +81,5 @@ __all__ = [
     "ConfigError",
     "RunFolderError",
     "TrainingDiverged",
+    "KhatWarning",
 ]

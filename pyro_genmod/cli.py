@@ -8,10 +8,11 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import _registry, factories
-from .errors import GenmodError, TrainingDiverged
+from .errors import GenmodError, KhatWarning, TrainingDiverged
 
 __all__ = ["main"]
 
@@ -69,9 +70,14 @@ def _print_scores(metrics: dict, stream=None) -> None:
         f"+/- {_fmt(metrics['test_log_likelihood_stderr'])} nats per point{note}",
         file=stream,
     )
+    nan = metrics.get("khat_nan") or 0.0  # runs saved before it was recorded have none
+    unknown = (
+        f", {100 * nan:.1f}% with NaN k-hat (reliability unknown: K={k} is too few to fit it; use -K 100 or more)"
+        if nan > 0 and metrics.get("proposal") != "none" else ""
+    )
     print(
         f"PSIS k-hat                : mean {_fmt(metrics['khat_mean'], 2)}, max "
-        f"{_fmt(metrics['khat_max'], 2)}, {100 * metrics['khat_above_0.7']:.1f}% of points above 0.7",
+        f"{_fmt(metrics['khat_max'], 2)}, {100 * metrics['khat_above_0.7']:.1f}% of points above 0.7{unknown}",
         file=stream,
     )
 
@@ -473,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # usage errors (code 2) and --help (code 0)
         return int(exit_.code or 0)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", KhatWarning)  # the score printout says how many are NaN
+            return args.func(args)
     except GenmodError as error:
         print(f"genmod: error: {error}", file=sys.stderr)
         return 2

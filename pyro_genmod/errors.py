@@ -11,6 +11,7 @@ __all__ = [
     "RunFolderError",
     "TrainingDiverged",
     "FastPathUnsupported",
+    "KhatWarning",
 ]
 
 
@@ -50,3 +51,7 @@ class TrainingDiverged(GenmodError, RuntimeError):
     def __init__(self, message: str, result=None):
         super().__init__(message)
         self.result = result
+
+
+class KhatWarning(UserWarning):
+    """Some points got a NaN PSIS k-hat (too few importance samples): their reliability is unknown."""

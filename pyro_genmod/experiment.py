@@ -30,6 +30,7 @@ def score_metrics(ll: LogLikelihood, proposal: str) -> dict:
         "khat_mean": summary["khat_mean"],
         "khat_max": summary["khat_max"],
         "khat_above_0.7": summary["khat_above_0.7"],
+        "khat_nan": summary["khat_nan"],
         "proposal": proposal,
     }
 

@@ -14,6 +14,7 @@ weight like any other site. With ``exact_posterior`` the estimate is then exact.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,12 +24,12 @@ from torch import Tensor
 
 from .densities import log_densities
 from .arviz_bridge import psis_khat
-from .errors import ConfigError
+from .errors import ConfigError, KhatWarning
 from .latents import check_pair
 from .programs import as_guide, as_model
 from .seeding import seeded
 
-__all__ = ["log_importance_weights", "log_likelihood", "LogLikelihood", "score"]
+__all__ = ["log_importance_weights", "log_likelihood", "LogLikelihood", "score", "khat_nan_message"]
 
 
 def log_importance_weights(model, guide, x: Tensor, num_particles: int) -> Tensor:
@@ -49,7 +50,9 @@ class LogLikelihood:
     Attributes:
         per_point: IS estimate of log p(x) for each point, shape ``(N,)``.
         elbo: per-point ELBO, the mean log weight over the same K draws, shape ``(N,)``.
-        khat: per-point PSIS Pareto k-hat (NaN when K is too small to fit a tail).
+        khat: per-point PSIS Pareto k-hat (NaN when K is too small to fit a tail, or when
+            k-hat was not requested). A NaN k-hat is neither reliable nor unreliable: it is
+            counted apart, in :attr:`khat_nan`.
         num_samples: K.
     """
 
@@ -82,8 +85,25 @@ class LogLikelihood:
 
     @property
     def khat_above_07(self) -> float:
-        """Share of points whose k-hat exceeds 0.7 (estimate unreliable there)."""
+        """Share of all points whose k-hat exceeds 0.7 (estimate unreliable there); points with a
+        NaN k-hat are not counted here (see :attr:`khat_nan`)."""
         return float(np.mean(self.khat > 0.7))
+
+    @property
+    def khat_nan_count(self) -> int:
+        """Number of points whose k-hat is NaN (not computed or not computable)."""
+        return int(np.isnan(self.khat).sum())
+
+    @property
+    def khat_nan(self) -> float:
+        """Share of points whose k-hat is NaN: their reliability is unknown."""
+        return self.khat_nan_count / self.khat.size if self.khat.size else float("nan")
+
+    @property
+    def khat_reliable(self) -> float:
+        """Share of points with a k-hat of at most 0.7. With :attr:`khat_above_07` and
+        :attr:`khat_nan` it sums to 1: a NaN k-hat is not counted as reliable."""
+        return float(np.mean(self.khat <= 0.7))
 
     def summary(self) -> dict:
         def clean(v: float):
@@ -98,6 +118,7 @@ class LogLikelihood:
             "khat_mean": clean(self.khat_mean),
             "khat_max": clean(self.khat_max),
             "khat_above_0.7": self.khat_above_07,
+            "khat_nan": self.khat_nan,
         }
 
     def __repr__(self) -> str:
@@ -131,7 +152,9 @@ def log_likelihood(
         max_rows: largest number of (point, particle) rows decoded at once.
         seed: seeds the draws (the global RNG is left untouched) for reproducible scores;
             ``None`` draws fresh noise from the global generator (see :mod:`pyro_genmod.seeding`).
-        khat: compute the PSIS k-hat with ArviZ.
+        khat: compute the PSIS k-hat with ArviZ. Points whose k-hat comes out NaN (K below
+            about 25 leaves no tail to fit) are counted in ``khat_nan``, and a
+            :class:`~pyro_genmod.errors.KhatWarning` says how many.
 
     Example:
         >>> import pyro_genmod as pg
@@ -180,11 +203,23 @@ def log_likelihood(
                 if khat:
                     khats.append(psis_khat(log_w.T.double().cpu().numpy()))
     per_point = torch.cat(estimates).cpu()
-    return LogLikelihood(
+    result = LogLikelihood(
         per_point=per_point,
         elbo=torch.cat(elbos).cpu(),
         khat=np.concatenate(khats) if khat else np.full(per_point.numel(), np.nan),
         num_samples=num_samples,
+    )
+    if khat and result.khat_nan_count:
+        warnings.warn(khat_nan_message(result.khat_nan_count, per_point.numel(), num_samples), KhatWarning, stacklevel=2)
+    return result
+
+
+def khat_nan_message(count: int, total: int, num_samples: int) -> str:
+    """Why ``count`` of ``total`` points have no k-hat, and what to do about it."""
+    return (
+        f"PSIS k-hat is NaN for {count} of {total} points, so the reliability of their log p(x) "
+        f"estimates is unknown (K={num_samples} importance samples are too few to fit a Pareto tail, "
+        f"or the weights are degenerate); score with K >= 100 to get k-hat"
     )
 
 

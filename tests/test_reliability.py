@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,40 @@ def test_allow_changed_data_is_refused_for_a_new_run(tmp_path, capsys):
     assert main(["train", *TINY, "--allow-changed-data", "--out", str(tmp_path / "run")]) == 2
     assert "--allow-changed-data goes with --resume" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# --- 4: a NaN k-hat is unknown reliability, not reliable ----------------------------------------
+
+
+def _scores(khat) -> pg.LogLikelihood:
+    n = len(khat)
+    return pg.LogLikelihood(per_point=-torch.ones(n), elbo=-torch.ones(n), khat=np.array(khat, dtype=float), num_samples=4)
+
+
+def test_nan_khat_is_counted_apart_from_the_reliable_and_the_unreliable():
+    scores = _scores([0.2, np.nan, 0.9, np.nan])
+    assert (scores.khat_reliable, scores.khat_above_07, scores.khat_nan, scores.khat_nan_count) == (0.25, 0.25, 0.5, 2)
+    every_nan = _scores([np.nan] * 3)
+    assert every_nan.khat_reliable == 0.0 and every_nan.khat_nan == 1.0
+    assert every_nan.summary()["khat_nan"] == 1.0 and every_nan.summary()["khat_above_0.7"] == 0.0
+
+
+def test_scoring_warns_when_khat_is_nan_and_was_asked_for(trained_vae, digits):
+    model, guide = trained_vae
+    with pytest.warns(pg.KhatWarning, match="k-hat is NaN for 5 of 5 points"):
+        few = pg.log_likelihood(model, guide, digits.test[:5], 4, seed=0)
+    assert few.khat_nan == 1.0 and few.khat_reliable == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pg.KhatWarning)
+        assert pg.log_likelihood(model, guide, digits.test[:5], 4, seed=0, khat=False).khat_nan == 1.0
+        assert pg.log_likelihood(model, guide, digits.test[:5], 200, seed=0).khat_nan == 0.0
+
+
+def test_the_score_printout_shows_the_share_of_nan_khat(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0  # TINY scores with K=4: no k-hat
+    printed = capsys.readouterr()
+    assert "100.0% with NaN k-hat (reliability unknown" in printed.out and "Warning" not in printed.err
+    assert json.loads((out / "metrics.json").read_text())["khat_nan"] == 1.0
+    assert main(["evaluate", str(out), "-K", "100"]) == 0
+    assert "NaN k-hat" not in capsys.readouterr().out
