@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -260,3 +261,15 @@ def test_the_score_printout_shows_the_share_of_nan_khat(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["khat_nan"] == 1.0
     assert main(["evaluate", str(out), "-K", "100"]) == 0
     assert "NaN k-hat" not in capsys.readouterr().out
+
+
+# --- 5: arviz is capped below 1.x, which breaks the InferenceData code path ---------------------
+
+
+def test_the_arviz_requirement_excludes_1x():
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    (arviz,) = [Requirement(r) for r in pyproject["project"]["dependencies"] if Requirement(r).name == "arviz"]
+    assert arviz.specifier.contains("0.23.0") and not arviz.specifier.contains("1.0.0")
+    assert not arviz.specifier.contains("1.2.0")
