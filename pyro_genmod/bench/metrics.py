@@ -4,6 +4,7 @@ and the K=5000 protocol in resumable blocks."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def blockwise_log_likelihood(
             ll = log_likelihood(model, proposal, x[start:stop], num_samples, seed=seed + i, khat=with_khat)
             arrays = {"per_point": ll.per_point.numpy(), "elbo": ll.elbo.numpy(), "khat": ll.khat,
                       "seconds": np.array(time.perf_counter() - began)}
-            tmp = path.with_name(f".{path.stem}.tmp.npz")
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # one per writer
             np.savez(tmp, **arrays)
             tmp.replace(path)
         with np.load(path, allow_pickle=False) as saved:
