@@ -165,6 +165,18 @@ def test_a_dask_local_cluster_gives_the_sequential_table(tmp_path, reference):
     assert 1 <= len(workers) <= 2 and not any(w.endswith(f":{os.getpid()}") for w in workers), workers
 
 
+@pytest.mark.slow
+def test_a_dask_scheduler_address_is_used(tmp_path, reference, capsys):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        argv = ["bench", str(write_config(tmp_path)), "--executor", "dask", "--scheduler", cluster.scheduler_address]
+        assert main([*argv, "--quiet"]) == 0, capsys.readouterr()
+        with distributed.Client(cluster) as client:
+            pids = set(client.run(os.getpid).values())
+    assert {worker.rpartition(":")[2] for worker in _workers(tmp_path)} == {str(pid) for pid in pids}
+    assert_same_table(read_csv(tmp_path), reference)
+
+
 def test_submitit_local_executor_gives_the_sequential_table(tmp_path, reference, capsys):
     pytest.importorskip("submitit")
     config = write_config(tmp_path)
