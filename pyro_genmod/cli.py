@@ -146,6 +146,9 @@ def cmd_train(args) -> int:
             model_options["latent_dim"] = args.latent_dim
         if args.likelihood is not None:
             model_options["likelihood"] = args.likelihood
+        elif "likelihood" not in model_options and (chosen := factories.likelihood_for(args.model, data)):
+            model_options["likelihood"] = chosen[0]
+            print(f"genmod: note: --likelihood {chosen[0]}, since {chosen[1]} (pass --likelihood to choose)", file=sys.stderr)
         out, what = Path(args.out) if args.out else _default_out(args), f"{args.model} + {args.guide} on {args.dataset}"
     if distributed:
         init_distributed()

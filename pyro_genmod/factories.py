@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
-from ._registry import GUIDES, MODELS, _check_options
+from ._registry import GUIDES, MODELS, _check_options, _declared_parameters
+from .datasets import Dataset
 from .errors import ConfigError, PairingError
 from .latents import check_pair
 from .programs import as_model, guide_from_source, is_source, program_from_source
 
-__all__ = ["create_model", "create_guide", "pairing_problem"]
+__all__ = ["create_model", "create_guide", "pairing_problem", "likelihood_for"]
+
+
+def _binary(x) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def likelihood_for(name: str, data) -> tuple[str, str] | None:
+    """The likelihood model ``name`` gets for ``data`` when none is chosen, and why, if it is not
+    the model's declared default (``None`` otherwise, and for models without a ``likelihood``
+    option or ``data`` that is not a :class:`Dataset`).
+
+    The likelihood follows the data: ``bernoulli`` for data binarized dynamically or made of 0s
+    and 1s only, ``gaussian`` for any other real values (scikit-learn's tabular sets, the toy
+    2-D sets, a real-valued file, grey levels kept with ``binarize=false``).
+    """
+    if is_source(name) or not isinstance(data, Dataset):
+        return None
+    declared, _ = _declared_parameters(MODELS.lookup(name), 1)
+    if "likelihood" not in declared:
+        return None
+    if data.binarization == "dynamic":
+        chosen, why = "bernoulli", f"dataset '{data.name}' is binarized dynamically"
+    elif all(_binary(x) for x in (data.train, data.val, data.test)):
+        chosen, why = "bernoulli", f"dataset '{data.name}' holds only 0s and 1s"
+    else:
+        chosen, why = "gaussian", f"dataset '{data.name}' holds real values, not only 0s and 1s"
+    return None if chosen == declared["likelihood"].default else (chosen, why)
 
 
 def create_model(name: str, data, **kwargs):
@@ -19,6 +47,11 @@ def create_model(name: str, data, **kwargs):
         >>> [site.name for site in model.latent_sites]
         ['z']
 
+    Without a ``likelihood`` option the likelihood follows a :class:`Dataset` ``data``:
+    ``bernoulli`` for binary or dynamically binarized data, ``gaussian`` for other real values
+    (see :func:`likelihood_for`); it is recorded in ``model.init_kwargs``. Given a shape, the
+    model's own default applies (``bernoulli`` for the VAE family).
+
     ``name`` may also point at a user's Pyro program, ``path/to/file.py:attribute`` or
     ``module:attribute`` (the file is executed afresh for each model built from it, so each
     starts from its own initial parameters); ``data`` must then hold points to trace it on, and
@@ -29,6 +62,8 @@ def create_model(name: str, data, **kwargs):
     cls = MODELS.lookup(name)
     shape = tuple(getattr(data, "shape", data))
     kwargs = _check_options(cls, "model", name, kwargs, skip=1)
+    if "likelihood" not in kwargs and (chosen := likelihood_for(name, data)) is not None:
+        kwargs["likelihood"] = chosen[0]
     try:
         model = cls(shape, **kwargs)
     except (TypeError, ValueError) as error:

@@ -163,8 +163,14 @@ def data_changed_since_checkpoint(tmp, run):
 
 def not_binary(tmp, run):
     path = _csv(tmp / "grey.csv", np.random.default_rng(0).random((40, 6)))
-    argv = _train(tmp, "--dataset", "file", "--data-opt", f"path={path}")
-    return argv, lambda: _fit(pg.load_dataset("file", path=str(path))), pg.DataError, "needs values in {0, 1}"
+    # grey values get a Gaussian likelihood by default; a Bernoulli one, asked for, is refused
+    argv = _train(tmp, "--dataset", "file", "--data-opt", f"path={path}", "--likelihood", "bernoulli")
+    return argv, lambda: _fit_bernoulli(pg.load_dataset("file", path=str(path))), pg.DataError, "needs values in {0, 1}"
+
+
+def _fit_bernoulli(data):
+    model = pg.create_model("vae", data, latent_dim=2, hidden=[8], likelihood="bernoulli")
+    pg.fit(model, pg.create_guide("mean_field", model, hidden=[8]), data, epochs=1, progress=False)
 
 
 def taken_output(tmp, run):

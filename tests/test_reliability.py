@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 import warnings
 from pathlib import Path
@@ -273,3 +274,47 @@ def test_the_arviz_requirement_excludes_1x():
     (arviz,) = [Requirement(r) for r in pyproject["project"]["dependencies"] if Requirement(r).name == "arviz"]
     assert arviz.specifier.contains("0.23.0") and not arviz.specifier.contains("1.0.0")
     assert not arviz.specifier.contains("1.2.0")
+
+
+# --- 6: the default likelihood follows the data -------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["iris", "wine", "two_moons"])
+def test_real_valued_datasets_train_with_the_default_options(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", dataset, "--epochs", "2", "-K", "10", "--quiet", "--out", str(out)]) == 0
+    assert "--likelihood gaussian, since dataset" in capsys.readouterr().err
+    assert _config(out)["model"]["options"]["likelihood"] == "gaussian"
+    assert pg.load_run(out).model.observation.name == "gaussian"
+
+
+def test_a_real_valued_csv_trains_with_the_default_options(tmp_path):
+    path = _write_csv(tmp_path / "real.csv", np.random.default_rng(0).normal(size=(60, 3)) * 5)
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--dataset", "file", "--data-opt", f"path={path}", "--out", str(out)]) == 0
+    assert _config(out)["model"]["options"]["likelihood"] == "gaussian"
+
+
+def test_create_model_picks_the_likelihood_from_a_dataset_unless_told(digits):
+    iris = pg.load_dataset("iris")
+    assert pg.create_model("vae", iris).observation.name == "gaussian"
+    assert pg.create_model("cvae", iris).init_kwargs["likelihood"] == "gaussian"
+    assert pg.create_model("vae", iris, likelihood="continuous_bernoulli").observation.name == "continuous_bernoulli"
+    assert pg.create_model("vae", digits).observation.name == "bernoulli"  # binarized dynamically
+    assert "likelihood" not in pg.create_model("vae", digits).init_kwargs  # the model's own default
+    grey = pg.load_dataset("digits", binarize=False)
+    assert pg.create_model("vae", grey).observation.name == "gaussian"
+    assert pg.create_model("vae", grey.shape).observation.name == "bernoulli"  # a shape says nothing of values
+    assert pg.create_model("ppca", iris).init_kwargs == {}  # no likelihood option: nothing added
+
+
+def test_binary_data_without_binarization_keeps_bernoulli(tmp_path):
+    path = _write_csv(tmp_path / "binary.csv", _binary_rows())
+    assert pg.create_model("vae", pg.load_dataset("file", path=str(path))).observation.name == "bernoulli"
+
+
+def test_run_experiment_on_iris_needs_no_likelihood(tmp_path):
+    from pyro_genmod.experiment import run_experiment
+
+    metrics, result, _ = run_experiment("vae", "mean_field", pg.load_dataset("iris"), epochs=2, num_samples=10, progress=False)
+    assert result.stopped_reason == "completed" and math.isfinite(metrics["test_elbo"])
