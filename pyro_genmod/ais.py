@@ -40,7 +40,7 @@ from .arviz_bridge import psis_khat
 from .checks import check_positive_int
 from .densities import score_program
 from .errors import ConfigError
-from .importance import LogLikelihood
+from .estimates import LogLikelihood
 from .latents import check_pair
 from .programs import as_guide, as_model
 from .seeding import seeded

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from pyro import poutine
 from torch import Tensor
 
-from .densities import log_densities
 from .arviz_bridge import psis_khat
+from .densities import log_densities
 from .errors import ConfigError, KhatWarning
+from .estimates import LogLikelihood, khat_nan_message
 from .latents import check_pair
 from .programs import as_guide, as_model
 from .seeding import seeded
@@ -43,91 +43,6 @@ def log_importance_weights(model, guide, x: Tensor, num_particles: int) -> Tenso
     return (log_p - log_q).expand(num_particles, x.shape[0])
 
 
-@dataclass
-class LogLikelihood:
-    """Per-point importance-sampled log p(x) with its diagnostics.
-
-    Attributes:
-        per_point: IS estimate of log p(x) for each point, shape ``(N,)``.
-        elbo: per-point ELBO, the mean log weight over the same K draws, shape ``(N,)``.
-        khat: per-point PSIS Pareto k-hat (NaN when K is too small to fit a tail, or when
-            k-hat was not requested). A NaN k-hat is neither reliable nor unreliable: it is
-            counted apart, in :attr:`khat_nan`.
-        num_samples: K.
-    """
-
-    per_point: Tensor
-    elbo: Tensor
-    khat: np.ndarray
-    num_samples: int
-
-    @property
-    def mean(self) -> float:
-        return float(self.per_point.mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of :attr:`mean` over data points."""
-        n = self.per_point.numel()
-        return float(self.per_point.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-
-    @property
-    def elbo_mean(self) -> float:
-        return float(self.elbo.mean())
-
-    @property
-    def khat_mean(self) -> float:
-        return float(np.nanmean(self.khat)) if np.isfinite(self.khat).any() else float("nan")
-
-    @property
-    def khat_max(self) -> float:
-        return float(np.nanmax(self.khat)) if np.isfinite(self.khat).any() else float("nan")
-
-    @property
-    def khat_above_07(self) -> float:
-        """Share of all points whose k-hat exceeds 0.7 (estimate unreliable there); points with a
-        NaN k-hat are not counted here (see :attr:`khat_nan`)."""
-        return float(np.mean(self.khat > 0.7))
-
-    @property
-    def khat_nan_count(self) -> int:
-        """Number of points whose k-hat is NaN (not computed or not computable)."""
-        return int(np.isnan(self.khat).sum())
-
-    @property
-    def khat_nan(self) -> float:
-        """Share of points whose k-hat is NaN: their reliability is unknown."""
-        return self.khat_nan_count / self.khat.size if self.khat.size else float("nan")
-
-    @property
-    def khat_reliable(self) -> float:
-        """Share of points with a k-hat of at most 0.7. With :attr:`khat_above_07` and
-        :attr:`khat_nan` it sums to 1: a NaN k-hat is not counted as reliable."""
-        return float(np.mean(self.khat <= 0.7))
-
-    def summary(self) -> dict:
-        def clean(v: float):
-            return v if math.isfinite(v) else None
-
-        return {
-            "log_likelihood": self.mean,
-            "log_likelihood_stderr": clean(self.stderr),
-            "elbo": self.elbo_mean,
-            "num_importance_samples": self.num_samples,
-            "num_points": int(self.per_point.numel()),
-            "khat_mean": clean(self.khat_mean),
-            "khat_max": clean(self.khat_max),
-            "khat_above_0.7": self.khat_above_07,
-            "khat_nan": self.khat_nan,
-        }
-
-    def __repr__(self) -> str:
-        return (
-            f"LogLikelihood(mean={self.mean:.3f}, stderr={self.stderr:.3f}, "
-            f"elbo={self.elbo_mean:.3f}, K={self.num_samples}, khat_mean={self.khat_mean:.3f})"
-        )
-
-
 def log_likelihood(
     model,
     guide,
@@ -137,8 +52,16 @@ def log_likelihood(
     max_rows: int = 32768,
     seed: int | None = None,
     khat: bool = True,
+    method: str = "is",
+    num_steps: int = 100,
+    leapfrog_steps: int = 5,
 ) -> LogLikelihood:
     """Importance-sampled log p(x) per data point, with ``guide`` as the proposal.
+
+    ``method="ais"`` anneals from the guide to p(z|x) instead (:mod:`pyro_genmod.ais`), with
+    ``num_samples`` chains per point, ``num_steps`` intermediate distributions and
+    ``leapfrog_steps`` per HMC transition; the result also carries each point's Monte Carlo
+    standard error across chains and the acceptance rate.
 
     The K particles are a plate dimension, not a Python loop. Work is chunked so that at most
     ``max_rows`` (point, particle) pairs pass through the decoder at once, keeping memory
@@ -168,6 +91,15 @@ def log_likelihood(
         raise ConfigError(f"the number of importance samples K must be a positive integer, got {num_samples}")
     if not isinstance(max_rows, int) or max_rows < 1:
         raise ConfigError(f"max_rows must be a positive integer, got {max_rows}")
+    if method not in ("is", "ais"):
+        raise ConfigError(f"unknown scoring method {method!r}; use 'is' (importance sampling) or 'ais'")
+    if method == "ais":
+        from .ais import ais_log_likelihood
+
+        return ais_log_likelihood(
+            model, guide, x, num_samples, num_steps, leapfrog_steps=leapfrog_steps,
+            max_rows=min(max_rows, 8192), seed=seed, khat=khat,
+        )
     model = as_model(model, x)
     guide = as_guide(guide, model, x)
     if not getattr(model, "has_log_likelihood", True):
@@ -212,15 +144,6 @@ def log_likelihood(
     if khat and result.khat_nan_count:
         warnings.warn(khat_nan_message(result.khat_nan_count, per_point.numel(), num_samples), KhatWarning, stacklevel=2)
     return result
-
-
-def khat_nan_message(count: int, total: int, num_samples: int) -> str:
-    """Why ``count`` of ``total`` points have no k-hat, and what to do about it."""
-    return (
-        f"PSIS k-hat is NaN for {count} of {total} points, so the reliability of their log p(x) "
-        f"estimates is unknown (K={num_samples} importance samples are too few to fit a Pareto tail, "
-        f"or the weights are degenerate); score with K >= 100 to get k-hat"
-    )
 
 
 def score(model, guide, x, num_samples: int, seed: int = 0) -> tuple[LogLikelihood, str]:

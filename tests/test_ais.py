@@ -77,3 +77,14 @@ def test_bdmc_sandwiches_the_exact_log_likelihood_and_tightens_with_more_steps(p
         for side in (below, above):  # each bound on its side of the truth, up to 4 standard errors
             assert float(side.mean()) > -4 * float(side.std() / side.numel() ** 0.5) - 0.05
     assert float(long.gap.mean()) < float(short.gap.mean()) / 3
+
+
+def test_log_likelihood_method_ais_is_the_ais_estimate(ppca):
+    model, x, _ = ppca
+    prior = pg.create_guide("prior", model)
+    via = pg.log_likelihood(model, prior, x, 8, method="ais", num_steps=10, seed=1, khat=False)
+    direct = ais_log_likelihood(model, prior, x, 8, 10, seed=1, khat=False)
+    torch.testing.assert_close(via.per_point, direct.per_point)
+    assert via.acceptance is not None and via.mc_stderr.shape == (12,)
+    with pytest.raises(pg.ConfigError, match="unknown scoring method"):
+        pg.log_likelihood(model, prior, x, 8, method="nuts")
