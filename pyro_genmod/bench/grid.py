@@ -19,7 +19,8 @@ class GridIncomplete(GenmodError):
 
     def __init__(self, problems: list[str], rows: list[dict]):
         super().__init__(
-            f"{len(problems)} cells have no result because their worker was lost ({problems[0]}); "
+            f"{len(problems)} {'cell has' if len(problems) == 1 else 'cells have'} no result because their "
+            f"worker was lost ({problems[0]}); "
             f"run the same command again to finish them"
         )
         self.problems, self.rows = problems, rows
