@@ -116,8 +116,7 @@ class AmortizedGuide(Guide):
     def site_problem(cls, site: LatentSite) -> str | None:
         if site.discrete:
             return (
-                "the site is discrete, and this family is continuous; marginalize it with "
-                "objective='traceenum_elbo' or use a guide for discrete sites"
+                "the site is discrete, and this family is continuous"
             )
         return None
 

@@ -34,6 +34,10 @@ class GenerativeModel(nn.Module):
     (marginalizing y); :func:`~pyro_genmod.tasks.sample` takes ``y`` to draw given classes.
     A model with ``has_log_likelihood = False`` (``ae``, improper prior) has no log p(x):
     :func:`~pyro_genmod.importance.log_likelihood` refuses it.
+
+    ``default_guide`` names the guide used when none is chosen (``genmod train`` without
+    ``--guide``, ``run_experiment(..., guide_name=None)``): a model that needs its own inference
+    network (``m2``) names it; ``None`` means the library's default, ``mean_field``.
     """
 
     registry_name = "model"
@@ -44,6 +48,7 @@ class GenerativeModel(nn.Module):
     allows_missing_labels = False
     num_classes = 0
     has_log_likelihood = True
+    default_guide: str | None = None
 
     def __init__(self, data_shape: tuple[int, ...]):
         super().__init__()

@@ -63,6 +63,7 @@ class M2(GenerativeModel):
 
     uses_labels = True
     allows_missing_labels = True
+    default_guide = "m2"  # q(y|x) q(z|x, y): no other guide covers y and z together
 
     def __init__(
         self,

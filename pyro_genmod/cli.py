@@ -135,6 +135,8 @@ def cmd_train(args) -> int:
         _check_resume_args(args)
         out, what = Path(args.resume), f"run {args.resume}"
     else:
+        if args.guide is None:
+            args.guide = factories.default_guide(args.model)
         data = load_dataset(args.dataset, **_dataset_options(args))
         if args.batch_size > data.train.shape[0]:
             print(
@@ -353,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model/guide pair and score it on the test set")
     train.add_argument("--model", default="vae", help="registered model (default: vae)")
-    train.add_argument("--guide", default="mean_field", help="registered guide (default: mean_field)")
+    train.add_argument("--guide", default=None,
+                       help="registered guide (default: the model's own guide if it needs one, e.g. m2 for m2; else mean_field)")
     train.add_argument("--dataset", default="digits", help="registered dataset (default: digits)")
     train.add_argument("--data-root", default=None, help="folder holding downloaded datasets")
     train.add_argument("--epochs", type=_positive_int, default=100)

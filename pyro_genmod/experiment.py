@@ -10,7 +10,7 @@ from .checkpoint import Checkpointer
 from .data import Dataset
 from .distributed import is_main_process
 from .errors import DataError, GenmodError, RunFolderError, TrainingDiverged
-from .factories import create_guide, create_model
+from .factories import create_guide, create_model, default_guide
 from .importance import LogLikelihood, score
 from .runs import check_trusted, resume_folder, run_dataset_options, save_run, take_run_folder
 from .train import FitResult, check_positive_int, fit
@@ -49,7 +49,7 @@ def metrics_of(ll: LogLikelihood, proposal: str, result: FitResult) -> dict:
 
 def run_experiment(
     model_name: str,
-    guide_name: str,
+    guide_name: str | None,
     data: Dataset,
     *,
     model_options: dict | None = None,
@@ -64,6 +64,8 @@ def run_experiment(
 ) -> tuple[dict, FitResult, Path | None]:
     """Build ``model_name`` with ``guide_name`` for ``data``, fit, score the test set, save.
 
+    ``guide_name=None`` takes the model's default guide (``m2`` for ``m2``, else ``mean_field``).
+
     The output folder is checked before training, so a taken or unwritable ``out`` fails fast.
     With ``out``, a checkpoint is written there every epoch (and every ``checkpoint_every``
     steps); ``resume=True`` continues from it. If training diverges, the last good state is
@@ -74,6 +76,7 @@ def run_experiment(
     main = is_main_process()
     folder = None if out is None else Path(out)
     pyro.set_rng_seed(fit_options.get("seed", 0))  # parameter initialisation follows the seed
+    guide_name = guide_name if guide_name is not None else default_guide(model_name)
     model = create_model(model_name, data, **(model_options or {}))
     guide = create_guide(guide_name, model, **(guide_options or {}))
     created = None  # the outermost folder this call creates, removed again if fit refuses its input

@@ -8,7 +8,22 @@ from .errors import ConfigError, PairingError
 from .latents import check_pair
 from .programs import as_model, guide_from_source, is_source, program_from_source
 
-__all__ = ["create_model", "create_guide", "pairing_problem", "likelihood_for"]
+__all__ = ["create_model", "create_guide", "pairing_problem", "likelihood_for", "default_guide", "fitting_guides"]
+
+DEFAULT_GUIDE = "mean_field"
+
+
+def default_guide(model_name: str) -> str:
+    """The guide model ``model_name`` gets when none is chosen: the model's ``default_guide``
+    (``m2`` for ``m2``, whose latent sites only its own guide covers), else ``mean_field``."""
+    if is_source(model_name):
+        return DEFAULT_GUIDE
+    return getattr(MODELS.lookup(model_name), "default_guide", None) or DEFAULT_GUIDE
+
+
+def fitting_guides(model) -> list[str]:
+    """Names of the registered guides that can be built for ``model``."""
+    return [name for name in GUIDES.names() if GUIDES.lookup(name).unsupported_reason(model) is None]
 
 
 def _binary(x) -> bool:
@@ -93,7 +108,9 @@ def create_guide(name: str, model, data=None, **kwargs):
     reason = cls.unsupported_reason(model)
     if reason is not None:
         model_name = getattr(model, "registry_name", type(model).__name__)
-        raise PairingError(f"guide '{name}' does not fit model '{model_name}': {reason}")
+        fitting = fitting_guides(model)
+        choose = f"; choose a guide that fits it: {', '.join(fitting)}" if fitting else "; no registered guide fits it"
+        raise PairingError(f"guide '{name}' does not fit model '{model_name}': {reason}{choose}")
     kwargs = _check_options(cls, "guide", name, kwargs, skip=1)
     try:
         guide = cls(model, **kwargs)

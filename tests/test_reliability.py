@@ -318,3 +318,41 @@ def test_run_experiment_on_iris_needs_no_likelihood(tmp_path):
 
     metrics, result, _ = run_experiment("vae", "mean_field", pg.load_dataset("iris"), epochs=2, num_samples=10, progress=False)
     assert result.stopped_reason == "completed" and math.isfinite(metrics["test_elbo"])
+
+
+# --- 7: a model that needs its own guide gets it, and the pairing hint names guides that work ---
+
+
+M2_TINY = ["--model", "m2", "--epochs", "1", "--batch-size", "512", "--latent-dim", "2", "--model-opt", "hidden=[8]",
+           "-K", "4", "--quiet"]
+
+
+def test_m2_trains_without_naming_its_guide(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *M2_TINY, "--guide-opt", "hidden=[8]", "--out", str(out)]) == 0
+    assert _config(out)["guide"]["name"] == "m2"
+
+
+def test_run_experiment_takes_the_models_default_guide(digits):
+    from pyro_genmod.experiment import run_experiment
+    from pyro_genmod.factories import default_guide
+
+    assert (default_guide("m2"), default_guide("vae"), default_guide("gmm")) == ("m2", "mean_field", "mean_field")
+    _, result, _ = run_experiment(
+        "m2", None, digits, model_options={"latent_dim": 2, "hidden": [8]}, guide_options={"hidden": [8]},
+        num_samples=4, epochs=1, batch_size=512, progress=False,
+    )
+    assert result.guide.registry_name == "m2"
+
+
+@pytest.mark.parametrize("model_name", ["m2", "gmm"])
+def test_the_pairing_error_names_guides_that_then_fit(model_name, tmp_path, capsys):
+    assert main(["train", "--model", model_name, "--guide", "mean_field", "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "marginalize" not in err and "choose a guide that fits it: " in err, err
+    hinted = err.split("choose a guide that fits it: ")[1].split(", ")
+    assert hinted and "mean_field" not in hinted
+    model = pg.create_model(model_name, (1, 8, 8))
+    for name in hinted:  # following the hint works
+        assert pg.create_guide(name, model) is not None
