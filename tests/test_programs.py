@@ -392,6 +392,7 @@ def test_a_bench_grid_names_user_code_and_scores_it_again_from_its_runs(tmp_path
     )
     rows = run_bench(config, progress=False, data_root=tmp_path / "data")
     assert [r["status"] for r in rows] == ["ok", "ok"], rows
-    (tmp_path / "results" / "user.csv").unlink()  # the runs stay: the grid scores them again, loading the code
+    for result in (tmp_path / "runs").glob("*/result.json"):
+        result.unlink()  # the trained runs stay: the grid scores them again, loading the user's code
     rows = run_bench(config, progress=False, data_root=tmp_path / "data")
     assert [r["status"] for r in rows] == ["ok", "ok"], rows
