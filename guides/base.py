@@ -116,7 +116,8 @@ class AmortizedGuide(Guide):
     def site_problem(cls, site: LatentSite) -> str | None:
         if site.discrete:
             return (
-                "the site is discrete, and this family is continuous"
+                "the site is discrete, and this family is continuous; a guide for discrete sites "
+                "samples it (or, with objective='traceenum_elbo', has it summed out exactly)"
             )
         return None
 
