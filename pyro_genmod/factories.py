@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
+import torch
+
 from ._registry import GUIDES, MODELS, _check_options, _declared_parameters
 from .datasets import Dataset
 from .errors import ConfigError, PairingError
@@ -53,8 +58,31 @@ def likelihood_for(name: str, data) -> tuple[str, str] | None:
     return None if chosen == declared["likelihood"].default else (chosen, why)
 
 
+def _point_shape(name: str, data) -> tuple[int, ...]:
+    """The shape of one point: a :class:`Dataset`'s, or ``data`` itself as a tuple of positive
+    ints. A tensor or array is refused: its shape includes the number of points, and a model
+    built for it would silently expect points of the whole set's shape."""
+    if isinstance(data, Dataset):
+        return data.shape
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        raise ConfigError(
+            f"create_model('{name}', data) got a {type(data).__name__} of shape {tuple(data.shape)}; pass a "
+            f"Dataset or the shape of one point, e.g. create_model('{name}', x.shape[1:]) for points x"
+        )
+    if isinstance(data, (tuple, list)) and data and all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in data
+    ):
+        return tuple(int(d) for d in data)
+    raise ConfigError(
+        f"create_model('{name}', data) needs a Dataset or the shape of one point as a tuple of positive "
+        f"integers, e.g. (1, 28, 28), got {data!r}"
+    )
+
+
 def create_model(name: str, data, **kwargs):
-    """Build the registered model ``name`` for ``data`` (a :class:`Dataset` or an event shape).
+    """Build the registered model ``name`` for ``data``: a :class:`Dataset`, or the shape of one
+    point as a tuple of positive integers. A tensor of points is refused with a
+    :class:`ConfigError` (pass ``x.shape[1:]``): its shape counts the points too.
 
     Example:
         >>> import pyro_genmod as pg
@@ -75,7 +103,7 @@ def create_model(name: str, data, **kwargs):
     if is_source(name):
         return program_from_source(name, data, **kwargs)
     cls = MODELS.lookup(name)
-    shape = tuple(getattr(data, "shape", data))
+    shape = _point_shape(name, data)
     kwargs = _check_options(cls, "model", name, kwargs, skip=1)
     if "likelihood" not in kwargs and (chosen := likelihood_for(name, data)) is not None:
         kwargs["likelihood"] = chosen[0]

@@ -350,9 +350,26 @@ def test_the_pairing_error_names_guides_that_then_fit(model_name, tmp_path, caps
     assert main(["train", "--model", model_name, "--guide", "mean_field", "--epochs", "1", "--quiet",
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "marginalize" not in err and "choose a guide that fits it: " in err, err
+    assert "choose a guide that fits it: " in err, err
     hinted = err.split("choose a guide that fits it: ")[1].split(", ")
     assert hinted and "mean_field" not in hinted
     model = pg.create_model(model_name, (1, 8, 8))
     for name in hinted:  # following the hint works
         assert pg.create_guide(name, model) is not None
+
+
+# --- 8: create_model refuses a tensor, whose shape counts the points too ------------------------
+
+
+@pytest.mark.parametrize("as_array", [False, True])
+def test_create_model_refuses_a_tensor_of_points(digits, as_array):
+    x = digits.train.numpy() if as_array else digits.train
+    with pytest.raises(pg.ConfigError, match=r"of shape \(1297, 1, 8, 8\); pass a Dataset or the shape of one point"):
+        pg.create_model("vae", x)
+    assert pg.create_model("vae", digits.train.shape[1:]).data_shape == (1, 8, 8)  # the fix it names
+
+
+@pytest.mark.parametrize("shape", [4, "abc", (0, 3), (True,), ()])
+def test_create_model_refuses_what_is_not_a_point_shape(shape):
+    with pytest.raises(pg.ConfigError, match="the shape of one point as a tuple of positive integers"):
+        pg.create_model("vae", shape)
