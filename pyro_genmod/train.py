@@ -10,14 +10,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyro
 import torch
+import torch.utils.data
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .annealing import KLSchedule
 from .checkpoint import Checkpointer
 from .checks import check_positive_int
+from .datasets import Dataset
 from .densities import log_densities
 from .distributed import DataParallel
 from .errors import ConfigError, DataError, TrainingDiverged
@@ -35,7 +38,7 @@ from .optim import (
 from .programs import as_guide, as_model
 from .seeding import seeded
 
-__all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int"]
+__all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int", "as_training_data"]
 
 # Blow-up detection (see _Fit._check_loss_blowup and _Fit._check_validation_drop).
 BLOWUP_WINDOW = 100  # steps in the running median of the per-point training loss
@@ -128,7 +131,11 @@ def fit(
             either may be a plain Pyro program called as ``model(x)`` / ``guide(x)`` (see
             :mod:`pyro_genmod.programs`): its sites are found by tracing it on the data, and
             the parameters it registers with ``pyro.module`` or ``pyro.param`` are trained.
-        data: a :class:`Dataset`.
+        data: a :class:`Dataset`, or a tensor (or numpy array) of training points of shape
+            ``(N, *point_shape)``: a seeded permutation (``seed``) holds out the last 10% of
+            the points (at least one) for the validation ELBO and the rest are trained on, as
+            they are (no binarization). A ``DataLoader`` is refused: ``fit`` draws its own
+            minibatches (pass the tensor and ``batch_size``).
         epochs: passes over the training set.
         batch_size: minibatch size; larger than the training set means full-batch steps.
         lr: Adam learning rate.
@@ -171,6 +178,7 @@ def fit(
         ``max(50, 10 * (best - first), |best| / 2)`` nats below the best so far, where ``first``
         is the first epoch's.
     """
+    data = as_training_data(data, seed)
     run = _Fit(
         model, guide, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
         num_particles=num_particles, early_stopping=early_stopping, device=device, checkpoint=checkpoint,
@@ -469,6 +477,40 @@ class _Fit:
             self.result.train_seconds = time.perf_counter() - self.start
         self.model.eval(), self.guide.eval()
         return self.result
+
+
+VAL_FRACTION = 0.1  # of a tensor of points given to fit, held out for the validation ELBO
+
+
+def as_training_data(data, seed: int = 0) -> Dataset:
+    """``data`` as a :class:`Dataset`: a dataset as it is; a tensor or numpy array of points
+    split by a permutation seeded with ``seed`` into training points and the last 10% (at least
+    one) for validation, used as they are (the validation points also fill the unused test
+    split). Anything else raises :class:`ConfigError`."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, np.ndarray) and np.issubdtype(data.dtype, np.number):
+        data = torch.as_tensor(data, dtype=torch.float32)
+    if not isinstance(data, Tensor):
+        kind = type(data).__name__
+        hint = " (fit draws its own minibatches: pass the tensor of points and batch_size=)" if isinstance(
+            data, torch.utils.data.DataLoader) else ""
+        raise ConfigError(
+            f"fit needs a Dataset (pg.load_dataset) or a tensor of training points of shape (N, ...), "
+            f"got a {kind}{hint}"
+        )
+    if data.ndim < 2 or data.shape[0] < 2:
+        raise DataError(
+            f"fit needs a tensor of at least 2 points of shape (N, *point_shape), got shape {tuple(data.shape)}"
+        )
+    x = data.detach().to(torch.get_default_dtype()) if not data.is_floating_point() else data.detach()
+    num_val = max(1, round(VAL_FRACTION * x.shape[0]))
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed)).to(x.device)
+    train, val = x[order[:-num_val]], x[order[-num_val:]]
+    return Dataset(
+        name="tensor", train=train, val=val, test=val,
+        options={"points": x.shape[0], "val_fraction": VAL_FRACTION, "seed": seed},
+    )
 
 
 def _restored_to(epoch: int) -> str:

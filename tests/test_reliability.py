@@ -373,3 +373,29 @@ def test_create_model_refuses_a_tensor_of_points(digits, as_array):
 def test_create_model_refuses_what_is_not_a_point_shape(shape):
     with pytest.raises(pg.ConfigError, match="the shape of one point as a tuple of positive integers"):
         pg.create_model("vae", shape)
+
+
+# --- 9: fit takes a tensor of points with a documented split, and refuses a DataLoader ----------
+
+
+def test_fit_trains_on_a_tensor_of_points_holding_out_a_tenth(digits):
+    from pyro_genmod.train import as_training_data
+
+    x = digits.train  # grey levels: used as they are, no binarization
+    split = as_training_data(x, seed=3)
+    assert (split.train.shape[0], split.val.shape[0]) == (1167, 130) and split.binarization == "none"
+    assert torch.equal(torch.cat([split.train, split.val]).sort(dim=0).values, x.sort(dim=0).values)  # a split of x
+    assert torch.equal(as_training_data(x, seed=3).val, split.val) and not torch.equal(as_training_data(x, seed=4).val, split.val)
+    model, guide = _pair(x.shape[1:], likelihood="gaussian")
+    result = pg.fit(model, guide, x, epochs=2, seed=3, progress=False)
+    assert result.epochs_run == 2 and result.stopped_reason == "completed"
+    numpy_result = pg.fit(*_pair(x.shape[1:], likelihood="gaussian"), x.numpy(), epochs=1, progress=False)
+    assert numpy_result.epochs_run == 1
+
+
+def test_fit_refuses_a_dataloader_with_one_clear_error(digits):
+    loader = torch.utils.data.DataLoader(digits.train, batch_size=64)
+    with pytest.raises(pg.ConfigError, match="got a DataLoader .*pass the tensor of points and batch_size="):
+        pg.fit(*_pair(digits), loader, epochs=1, progress=False)
+    with pytest.raises(pg.ConfigError, match="a Dataset .* or a tensor of training points"):
+        pg.fit(*_pair(digits), [[0.0, 1.0]], epochs=1, progress=False)
