@@ -350,7 +350,11 @@ def cmd_list(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="genmod", description="Train, score and sample deep generative models built on Pyro.")
+    parser.add_argument("--version", action="version", version=f"pyro-genmod {__version__}",
+                        help="print the version of pyro-genmod and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model/guide pair and score it on the test set")

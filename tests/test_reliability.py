@@ -399,3 +399,13 @@ def test_fit_refuses_a_dataloader_with_one_clear_error(digits):
         pg.fit(*_pair(digits), loader, epochs=1, progress=False)
     with pytest.raises(pg.ConfigError, match="a Dataset .* or a tensor of training points"):
         pg.fit(*_pair(digits), [[0.0, 1.0]], epochs=1, progress=False)
+
+
+# --- 10: genmod --version -----------------------------------------------------------------------
+
+
+def test_genmod_version_prints_the_package_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"pyro-genmod {pg.__version__}" == f"pyro-genmod {version('pyro-genmod')}"
