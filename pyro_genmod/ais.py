@@ -27,6 +27,7 @@ References:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,10 +122,7 @@ def ais_log_weights(
     log_w = torch.zeros(num_chains, n, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
     eps = torch.full((n,), float(step_size), dtype=log_w.dtype, device=x.device)
     accepted = torch.zeros(n, dtype=log_w.dtype, device=x.device)
-    frozen = [p for p in (*model.parameters(), *guide.parameters()) if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with _frozen(model, guide):
         with torch.no_grad():
             log_q, log_p, _ = target.densities(u)
         for t in range(1, len(betas)):
@@ -135,11 +133,21 @@ def ais_log_weights(
             u, log_q, log_p, rate = _hmc(target, u, beta, eps, leapfrog_steps)
             accepted = accepted + rate
             eps = eps * torch.exp(0.5 * (rate - target_accept)).clamp(0.5, 2.0)  # towards the target rate
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     transitions = max(1, len(betas) - 2)
     return AISResult(log_weights=log_w, acceptance=accepted / transitions)
+
+
+@contextmanager
+def _frozen(*modules):
+    """The networks' parameters held fixed (no gradients) while the chains move, then restored."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _log_target(target: _Target, u: dict[str, Tensor], beta: float):
@@ -274,10 +282,7 @@ def _reverse_log_weights(model, guide, x, z_star, num_chains, num_steps, leapfro
     u = {n: target.transforms[n].inv(v.unsqueeze(0).expand(num_chains, *v.shape)) for n, v in z_star.items()}
     log_w = torch.zeros(num_chains, x.shape[0], device=x.device)
     eps = torch.full((x.shape[0],), float(step_size), device=x.device)
-    frozen = [p for p in (*model.parameters(), *guide.parameters()) if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with _frozen(model, guide):
         with torch.no_grad():
             log_q, log_p, _ = target.densities(u)
         for t in range(len(betas) - 1, 0, -1):
@@ -286,9 +291,6 @@ def _reverse_log_weights(model, guide, x, z_star, num_chains, num_steps, leapfro
                 break
             u, log_q, log_p, rate = _hmc(target, u, betas[t - 1], eps, leapfrog_steps)
             eps = eps * torch.exp(0.5 * (rate - target_accept)).clamp(0.5, 2.0)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     return log_w
 
 

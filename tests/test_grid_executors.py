@@ -158,7 +158,7 @@ def test_local_worker_processes_give_the_sequential_table(tmp_path, reference):
 
 
 def test_a_dask_local_cluster_gives_the_sequential_table(tmp_path, reference):
-    pytest.importorskip("distributed")
+    import distributed  # noqa: F401  (a test extra: CI installs it, so a missing one fails here)
     rows = run_bench(write_config(tmp_path), executor="dask", jobs=2, progress=False)
     assert_same_table(rows, reference)
     workers = _workers(tmp_path)
@@ -167,7 +167,7 @@ def test_a_dask_local_cluster_gives_the_sequential_table(tmp_path, reference):
 
 @pytest.mark.slow
 def test_a_dask_scheduler_address_is_used(tmp_path, reference, capsys):
-    distributed = pytest.importorskip("distributed")
+    import distributed  # a test extra
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
         argv = ["bench", str(write_config(tmp_path)), "--executor", "dask", "--scheduler", cluster.scheduler_address]
         assert main([*argv, "--quiet"]) == 0, capsys.readouterr()
@@ -178,7 +178,7 @@ def test_a_dask_scheduler_address_is_used(tmp_path, reference, capsys):
 
 
 def test_submitit_local_executor_gives_the_sequential_table(tmp_path, reference, capsys):
-    pytest.importorskip("submitit")
+    import submitit  # noqa: F401  (a test extra)
     config = write_config(tmp_path)
     code = main(["bench", str(config), "--executor", "slurm", "--slurm-local", "--jobs", "2", "--quiet"])
     assert code == 0, capsys.readouterr()
