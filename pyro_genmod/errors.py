@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "RunFolderError",
     "TrainingDiverged",
+    "CallbackError",
     "FastPathUnsupported",
     "KhatWarning",
 ]
@@ -51,6 +52,15 @@ class TrainingDiverged(GenmodError, RuntimeError):
     def __init__(self, message: str, result=None):
         super().__init__(message)
         self.result = result
+
+
+class CallbackError(GenmodError, RuntimeError):
+    """A callback given to ``fit`` raised: training stopped there. ``.callback`` and ``.hook``
+    name it, ``.result`` holds the run so far; the last checkpoint written is left as it was."""
+
+    def __init__(self, message: str, callback: str = "", hook: str = "", result=None):
+        super().__init__(message)
+        self.callback, self.hook, self.result = callback, hook, result
 
 
 class KhatWarning(UserWarning):

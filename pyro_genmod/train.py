@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .annealing import KLSchedule
+from .callbacks import Callback, CallbackList, EpochEnd, FitEnd, FitStart, StepEnd
 from .checkpoint import Checkpointer
 from .checks import check_positive_int
 from .datasets import Dataset
@@ -119,6 +120,7 @@ def fit(
     lr_schedule=None,
     lr_schedule_options: dict | None = None,
     clip_grad_norm: float | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data.train`` by stochastic variational inference.
 
@@ -165,6 +167,12 @@ def fit(
             any ``torch.optim.lr_scheduler`` class or its name, or a function of the optimizer
             (see :mod:`pyro_genmod.optim`).
         clip_grad_norm: clip the global norm of the gradients to this value at every step.
+        callbacks: :class:`~pyro_genmod.callbacks.Callback` objects called at the start, every
+            ``every_n_steps`` steps (loss, learning rate, gradient norm), at every epoch's end
+            (train and validation ELBO, KL per latent site, seconds) and at the end; for
+            example the loggers of :mod:`pyro_genmod.tracking`. Rank 0 only under
+            ``distributed``. A callback that raises stops the fit with
+            :class:`~pyro_genmod.errors.CallbackError` naming it; the last checkpoint is intact.
 
     A label-using model (``uses_labels``, e.g. ``cvae``, ``m2``) gets ``y=data.train_labels``
     for each minibatch, and so does its guide when its ``forward`` takes ``y``.
@@ -188,7 +196,7 @@ def fit(
     )
     if resume:
         run.restore()
-    return run.train(progress)
+    return run.train(progress, callbacks)
 
 
 class _Fit:
@@ -352,6 +360,9 @@ class _Fit:
         }
         result.history.append(record)
         self.bar.set_postfix(train_elbo=f"{record['train_elbo']:.2f}", val_elbo=f"{val_elbo:.2f}")
+        if self.callbacks:  # before the checkpoint: a resumed fit reports this epoch again if it was not saved
+            event = EpochEnd(dict(record), epoch * self.steps_per_epoch, model, guide, self.val_x, self.seed)
+            self.callbacks.call("on_epoch_end", event, result=result)
         if not math.isfinite(val_elbo):
             self._diverged(
                 f"non-finite validation ELBO at epoch {epoch}",
@@ -446,25 +457,35 @@ class _Fit:
 
     # --- the loop --------------------------------------------------------------------------
 
-    def train(self, progress: bool) -> FitResult:
+    def train(self, progress: bool, callbacks=None) -> FitResult:
         ddp, spe = self.ddp, self.steps_per_epoch
+        self.callbacks = CallbackList(callbacks, enabled=ddp is None or ddp.is_main)
         self.start = time.perf_counter() - self.elapsed
         if not self.resumed:
             with seeded(self.seed):  # leaves the random streams of training as they were
                 self.initial_val_elbo = self.val_elbo()
             if not math.isfinite(self.initial_val_elbo):
                 self.initial_val_elbo = None
+        if self.callbacks:
+            self.callbacks.call("on_fit_start", FitStart(
+                dict(self.options), self.model, self.guide, self.data, spe, self.first_epoch,
+                (self.first_epoch - 1) * spe + self.skip, list(self.result.history), self.resumed,
+            ), result=self.result)
         total = self.epochs * spe
         self.bar = tqdm(
             total=total, initial=min((self.first_epoch - 1) * spe + self.skip, total),
             disable=None if progress and (ddp is None or ddp.is_main) else True, unit="step", leave=False,
         )
+        error = None
         try:
             for epoch in range(self.first_epoch, self.epochs + 1):
                 self.model.train(), self.guide.train()
                 for step, index in self.batches():
-                    self.epoch_loss += self.step(epoch, step, index)
+                    loss = self.step(epoch, step, index)
+                    self.epoch_loss += loss
                     self.bar.update(1)
+                    if self.callbacks and (due := self.callbacks.due((epoch - 1) * spe + step + 1)):
+                        self._step_end(due, epoch, step, loss / max(1, index.shape[0]))
                     if self.saver is not None and self.saver.due((epoch - 1) * spe + step + 1):
                         self.save(epoch, step + 1)
                 if not self.validate(epoch):
@@ -472,11 +493,27 @@ class _Fit:
                 self.order, self.skip, self.epoch_loss = None, 0, 0.0
                 if self.saver is not None:
                     self.save(epoch + 1, 0)
+        except BaseException as caught:
+            error = caught
+            raise
         finally:
             self.bar.close()
             self.result.train_seconds = time.perf_counter() - self.start
+            if self.callbacks:
+                self.model.eval(), self.guide.eval()
+                self.callbacks.end(FitEnd(self.result, error))
         self.model.eval(), self.guide.eval()
         return self.result
+
+    def _step_end(self, due: list, epoch: int, step: int, loss: float) -> None:
+        """Call ``on_step`` of the callbacks ``due`` after a step (its gradients are still held)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+        event = StepEnd(
+            epoch, step + 1, (epoch - 1) * self.steps_per_epoch + step + 1, loss,
+            self.optimizer.param_groups[0]["lr"], norm,
+        )
+        self.callbacks.call("on_step", event, due, result=self.result)
 
 
 VAL_FRACTION = 0.1  # of a tensor of points given to fit, held out for the validation ELBO
