@@ -1,29 +1,55 @@
-"""Data-parallel training on torch.distributed: per-rank shards, summed gradients, rank-0 output.
+"""Data-parallel training on torch.distributed: per-rank shards, DistributedDataParallel, rank-0 output.
 
-Launch with ``torchrun --nproc_per_node=N -m pyro_genmod train --distributed ...``. Every rank
-holds the whole model and guide. Each step takes one global minibatch of ``N * batch_size``
-points from the epoch's permutation (identical on every rank, since the data-order generator
-has the same seed), shards it the way :class:`torch.utils.data.DistributedSampler` does
-(padding by wrapping around, then rank ``r`` takes positions ``r, r + N, ...``), and sums the
-ranks' gradients with one all-reduce. The objective is a sum over the batch, so the summed
-gradient is exactly the gradient a single process computes on the global batch; averaging
-the per-rank gradients of per-point means would be the same update up to Adam's epsilon.
+Launch with ``torchrun --nproc_per_node=N -m pyro_genmod train --distributed ...`` (and
+``--nnodes``, ``--rdzv-endpoint`` across machines). Every rank holds the whole model and guide.
+Each step takes one global minibatch of ``N * batch_size`` points from the epoch's permutation
+(identical on every rank, since the data-order generator has the same seed), shards it the way
+:class:`torch.utils.data.DistributedSampler` does (padding by wrapping around, then rank ``r``
+takes positions ``r, r + N, ...``), and computes the loss of its shard through
+:class:`LossModule` wrapped in :class:`torch.nn.parallel.DistributedDataParallel` (DDP), which
+broadcasts rank 0's parameters when it is built and all-reduces the gradients in buckets,
+overlapped with the backward pass.
+
+DDP *averages* the ranks' gradients, while the objective is a *sum* over the batch. The loss
+each rank differentiates is therefore multiplied by the world size (:meth:`DataParallel.wrap`
+sets :attr:`LossModule.scale`): the average of ``N`` times the shards' gradients is their sum,
+which is exactly the gradient a single process computes on the global batch (to float rounding
+of the summation order; multiplying and dividing by a power of two is exact). The loss *value*
+is not scaled: :meth:`DataParallel.sum` adds the shards' values into the global batch's.
+
+Parameters a step does not use: DDP is built with ``find_unused_parameters=True`` when the set
+of parameters a step uses can change from step to step (see :func:`parameter_use_may_vary`): a
+plain Pyro program may branch on its data, and the ``local`` guide uses its per-point
+parameters only on minibatches holding points it refined (and otherwise leaves one, possibly
+empty, parameter unused). DDP then marks the parameters a rank did not use as ready, so every
+rank all-reduces every gradient and takes the same update. Otherwise it is built without that
+search (which walks the autograd graph every step).
+
 Only rank 0 writes files and shows a progress bar. The gloo backend runs on the CPU, NCCL on
-the GPU.
+the GPU (each rank on the GPU ``LOCAL_RANK``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import ConfigError
 
-__all__ = ["DataParallel", "init_distributed", "launched_by_torchrun", "is_main_process"]
+__all__ = [
+    "DataParallel",
+    "LossModule",
+    "init_distributed",
+    "is_main_process",
+    "launched_by_torchrun",
+    "parameter_use_may_vary",
+]
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -88,22 +114,22 @@ class DataParallel:
         local = self.shard(x)
         return self.sum(per_point_mean(local) * local.shape[0] if local.shape[0] else 0.0) / x.shape[0]
 
-    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace each parameter's gradient by its sum over ranks, in one flat all-reduce."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads]).to(self.device)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
-            if p.grad is not None:
-                p.grad.copy_(chunk.view_as(p.grad))
+    def wrap(self, module: LossModule, find_unused_parameters: bool = False) -> DistributedDataParallel:
+        """``module`` in :class:`~torch.nn.parallel.DistributedDataParallel`, its loss scaled by the
+        world size so that DDP's average of the gradients is their sum (see the module docstring).
 
-    def broadcast_parameters(self, modules) -> None:
-        """Copy rank 0's parameters and buffers to every rank, so all start identical."""
-        for module in modules:
-            for tensor in list(module.parameters()) + list(module.buffers()):
-                buffer = tensor.data.to(self.device)
-                dist.broadcast(buffer, src=0)
-                tensor.data.copy_(buffer)
+        Building it broadcasts rank 0's parameters and buffers to every rank (and checks that all
+        ranks hold parameters of the same shapes), so all replicas start identical.
+
+        Arguments:
+            module: the loss of the model/guide pair; its parameters must all exist (a plain
+                Pyro program's are created when it is traced, before training).
+            find_unused_parameters: DDP's search for parameters a step did not use; needed
+                when that set can change between steps (:func:`parameter_use_may_vary`).
+        """
+        module.scale = float(self.world_size)
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
     def gather_rng_states(self) -> dict[str, Tensor]:
         """Every rank's torch RNG state (each rank draws its own latent noise)."""
@@ -111,6 +137,41 @@ class DataParallel:
         states = [torch.empty_like(state) for _ in range(self.world_size)]
         dist.all_gather(states, state)
         return {f"rng.rank.{r}": s.cpu() for r, s in enumerate(states)}
+
+
+class LossModule(nn.Module):
+    """A model, its guide and the objective in one module whose ``forward`` is the loss: the shape
+    of Pyro's ``ELBOModule`` (``pyro.infer.elbo``), which is what DDP wraps.
+
+    The model and guide are submodules, so the module's parameters (and buffers) are the pair's,
+    each once. ``loss(x, step)`` computes the objective on the minibatch ``x`` at the 0-based
+    global step ``step`` (the KL schedule depends on it) and returns ``(differentiable, value)``
+    like the library's objectives; ``forward`` returns the differentiable loss times
+    :attr:`scale` (1 in one process, the world size under DDP) and the unscaled value as a
+    float64 tensor.
+    """
+
+    def __init__(self, model: nn.Module, guide: nn.Module, loss: Callable[[Tensor, int], tuple[Tensor, float]]):
+        super().__init__()
+        self.model, self.guide = model, guide
+        self.loss = loss
+        self.scale = 1.0
+
+    def forward(self, x: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        differentiable, value = self.loss(x, step)
+        if self.scale != 1.0:
+            differentiable = differentiable * self.scale
+        return differentiable, torch.tensor(value, dtype=torch.float64)
+
+
+def parameter_use_may_vary(model: nn.Module, guide: nn.Module) -> bool:
+    """Whether the set of parameters a training step uses can change from step to step, so that
+    DDP needs ``find_unused_parameters=True``: when the model or guide is a plain Pyro program
+    (its code may branch on the data), or the guide holds per-point parameters
+    (``local_params``, the ``local`` guide, which uses them only on points it refined)."""
+    from .programs import ProgramGuide, ProgramModel
+
+    return isinstance(model, ProgramModel) or isinstance(guide, ProgramGuide) or hasattr(guide, "local_params")
 
 
 def init_distributed(backend: str | None = None) -> DataParallel:
@@ -128,6 +189,6 @@ def init_distributed(backend: str | None = None) -> DataParallel:
             )
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return DataParallel.current()

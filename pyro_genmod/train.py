@@ -23,7 +23,7 @@ from .checkpoint import Checkpointer
 from .checks import check_positive_int
 from .datasets import Dataset
 from .densities import log_densities
-from .distributed import DataParallel
+from .distributed import DataParallel, LossModule, parameter_use_may_vary
 from .errors import ConfigError, DataError, TrainingDiverged
 from .labels import LabelFeed, training_labels
 from .latents import check_pair
@@ -235,8 +235,11 @@ class _Fit:
         self.world = ddp.world_size if ddp else 1
         pyro.set_rng_seed(seed + (ddp.rank if ddp else 0))  # ranks draw different latent noise
         self.generator = torch.Generator(device=device).manual_seed(seed)  # same data order on all ranks
+        # The pair and its objective as one module whose forward is the loss; under DDP wrapped in
+        # DistributedDataParallel, which broadcasts rank 0's parameters now and sums the gradients.
+        self.objective = LossModule(model, guide, self._loss)
         if ddp:
-            ddp.broadcast_parameters((model, guide))
+            self.objective = ddp.wrap(self.objective, find_unused_parameters=parameter_use_may_vary(model, guide))
         self.params = parameters(model, guide)
         self.optimizer = create_optimizer(self.params, lr, optimizer, optimizer_options)
         self.scheduler = create_lr_schedule(self.optimizer, lr_schedule, lr_schedule_options)
@@ -325,11 +328,8 @@ class _Fit:
             batch = ddp.shard(batch)
         if self.labels is not None:
             self.feed.y = ddp.shard(self.labels[index]) if ddp else self.labels[index]
-        differentiable, value = self.kl_schedule(
-            self.loss_fn, self.model_fn, self.guide_fn, batch, step=(epoch - 1) * self.steps_per_epoch + step
-        )
-        if ddp:
-            value = ddp.sum(value)
+        differentiable, value = self.objective(batch, (epoch - 1) * self.steps_per_epoch + step)
+        value = ddp.sum(float(value)) if ddp else float(value)
         if not math.isfinite(value):
             self._diverged(
                 f"non-finite loss ({value}) at epoch {epoch}, step {step + 1}",
@@ -338,13 +338,16 @@ class _Fit:
             )
         self._check_loss_blowup(epoch, step, value / max(1, index.shape[0]))
         self.optimizer.zero_grad(set_to_none=True)
-        differentiable.backward()
-        if ddp:
-            ddp.sum_gradients(self.optimizer.param_groups[0]["params"])
+        differentiable.backward()  # under DDP, the gradients are summed over the ranks here
         if self.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
         self.optimizer.step()
         return value
+
+    def _loss(self, batch: Tensor, global_step: int) -> tuple[Tensor, float]:
+        """The objective on ``batch`` with the KL schedule of ``global_step`` (the loss of
+        :class:`LossModule`)."""
+        return self.kl_schedule(self.loss_fn, self.model_fn, self.guide_fn, batch, step=global_step)
 
     def validate(self, epoch: int) -> bool:
         """Score the validation set, record the epoch, keep the best state; ``False`` when

@@ -2,8 +2,15 @@
 
 Two ranks with per-rank batch B take the same global minibatches of 2B points as one process
 with batch 2B (the epoch permutation comes from the same seeded generator, and dynamic
-binarization is drawn for the global batch before sharding), and their summed gradients
-equal the gradient of the global batch's summed loss.
+binarization is drawn for the global batch before sharding), and DistributedDataParallel's
+gradient (the average over ranks of the world-size-scaled shard losses' gradients, i.e. their
+sum) equals the gradient of the global batch's summed loss. The replicas end bitwise identical.
+
+The ``local`` guide is the case whose set of used parameters changes between steps: its
+per-point parameters are used only on shards holding a point it has its own parameters for.
+The test places such points so that in step 1 only rank 0's shard holds one and in step 2 only
+rank 1's (then neither): a rank without a gradient for the parameter must still take the
+summed update (DDP with ``find_unused_parameters=True``), or the replicas drift apart.
 
 Latent noise: in the library each rank draws its own noise (seed + rank), which cannot
 reproduce the rows of one (2B, d) draw: torch's CPU normal sampler fills whole tensors (Box-
@@ -34,16 +41,26 @@ from pyro_genmod.distributed import DataParallel
 
 HERE = Path(__file__).resolve()
 B, STEPS = 16, 5
-GUIDES = ("delta", "mean_field")
+GUIDES = ("delta", "mean_field", "local")
 
 
-def _five_step_data() -> pg.Dataset:
-    """Digits cut to 5 * 2B training points: one epoch is exactly 5 steps of 2B points."""
+def _five_step_data(binarization: str = "dynamic") -> pg.Dataset:
+    """Digits cut to 5 * 2B training points: one epoch is exactly 5 steps of 2B points (binarized
+    once with ``binarization="none"``, so points keep their values from step to step)."""
     full = pg.load_dataset("digits")
+    train = full.train[: STEPS * 2 * B]
+    if binarization == "none":
+        train = torch.bernoulli(train, generator=torch.Generator().manual_seed(5))
     return pg.Dataset(
-        name="digits", train=full.train[: STEPS * 2 * B], val=full.val[:20], test=full.test[:20],
-        binarization="dynamic",
+        name="digits", train=train, val=full.val[:20], test=full.test[:20], binarization=binarization,
     )
+
+
+def _local_points(train: torch.Tensor) -> torch.Tensor:
+    """Two training points for the ``local`` guide's own parameters: global position 0 of step 1
+    (rank 0's shard) and position 2B + 1 of step 2 (rank 1's), in fit's epoch order (seed 0)."""
+    order = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))
+    return train[order[[0, 2 * B + 1]]]
 
 
 class CorrespondingNoise:
@@ -72,10 +89,12 @@ class CorrespondingNoise:
 
 
 def train_five_steps(guide_name: str, batch_size: int, distributed: bool, rank: int = 0, world: int = 1) -> dict:
-    data = _five_step_data()
+    data = _five_step_data("none" if guide_name == "local" else "dynamic")
     pyro.set_rng_seed(0)
     model = pg.create_model("vae", data, latent_dim=3, hidden=[32])
     guide = pg.create_guide(guide_name, model, hidden=[32])
+    if guide_name == "local":
+        guide.add_points(_local_points(data.train))
     with CorrespondingNoise(batch_size, rank, world):
         pg.fit(model, guide, data, epochs=1, batch_size=batch_size, lr=1e-2, seed=0, progress=False, distributed=distributed)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -126,6 +145,10 @@ def test_two_gloo_processes_at_batch_b_equal_one_process_at_batch_2b(tmp_path):
     for guide_name in GUIDES:
         single = train_five_steps(guide_name, 2 * B, False)
         trained = load_file(str(tmp_path / f"{guide_name}-rank0.safetensors"))
+        other = load_file(str(tmp_path / f"{guide_name}-rank1.safetensors"))
+        # the replicas are identical, bit for bit: every rank took the same update at every step
+        assert trained.keys() == other.keys()
+        assert all(torch.equal(trained[k], other[k]) for k in trained), guide_name
         for rank in range(2):
             ranked = load_file(str(tmp_path / f"{guide_name}-rank{rank}.safetensors"))
             assert ranked.keys() == single.keys()
@@ -138,6 +161,14 @@ def test_two_gloo_processes_at_batch_b_equal_one_process_at_batch_2b(tmp_path):
         start = pg.create_model("vae", (1, 8, 8), latent_dim=3, hidden=[32]).state_dict()
         moved = max((trained[f"model.{k}"] - v).abs().max() for k, v in start.items() if v.is_floating_point())
         assert moved > 1e-3
+    # the local guide's own parameters moved from where they started, on rank 1 too, which had no
+    # gradient for them in step 1 (its shard held neither point) and took rank 0's update
+    data = _five_step_data("none")
+    pyro.set_rng_seed(0)
+    guide = pg.create_guide("local", pg.create_model("vae", data, latent_dim=3, hidden=[32]), hidden=[32])
+    guide.add_points(_local_points(data.train))
+    rank1 = load_file(str(tmp_path / "local-rank1.safetensors"))["guide.local_params"]
+    assert (rank1 - guide.local_params.detach()).abs().max() > 1e-3
 
 
 def test_noise_that_does_not_correspond_gives_different_parameters():
@@ -200,7 +231,7 @@ def test_torchrun_cli_sigkill_and_resume_is_bitwise_identical(tmp_path):
             "--model-opt", "hidden=[64]", "--guide-opt", "hidden=[64]", "--checkpoint-every", "7", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref, run = tmp_path / "reference", tmp_path / "interrupted"
-    done = subprocess.run(torchrun + args + ["--out", str(ref)], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(torchrun + args + ["--out", str(ref)], check=False, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run saved to") == 1  # rank 1 prints nothing
 
@@ -217,7 +248,7 @@ def test_torchrun_cli_sigkill_and_resume_is_bitwise_identical(tmp_path):
     launcher.wait(timeout=120)
     assert not (run / "params.safetensors").exists()
 
-    done = subprocess.run(torchrun + ["train", "--distributed", "--resume", str(run), "--quiet"], env=env,
+    done = subprocess.run(torchrun + ["train", "--distributed", "--resume", str(run), "--quiet"], check=False, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     expected, got = load_file(str(ref / "params.safetensors")), load_file(str(run / "params.safetensors"))
