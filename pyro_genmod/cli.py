@@ -137,6 +137,9 @@ def cmd_train(args) -> int:
     else:
         if args.guide is None:
             args.guide = factories.default_guide(args.model)
+        from .tracking import check_logger_names
+
+        loggers = check_logger_names(args.logger, "--logger")  # before any work: a missing extra is named
         data = load_dataset(args.dataset, **_dataset_options(args))
         if args.batch_size > data.train.shape[0]:
             print(
@@ -168,7 +171,7 @@ def cmd_train(args) -> int:
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 objective=args.objective, num_particles=args.num_particles,
                 early_stopping=args.early_stopping, progress=not args.quiet, device=args.device,
-                checkpoint_every=args.checkpoint_every, distributed=distributed,
+                checkpoint_every=args.checkpoint_every, distributed=distributed, loggers=loggers,
                 beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits,
                 **_recipe_options(args),
             )
@@ -397,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, metavar="DIR", help="continue the interrupted run in DIR")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the processes torchrun starts (--batch-size is per process)")
+    train.add_argument("--logger", action="append", metavar="NAME",
+                       help="record the run as it trains into its folder: tensorboard, mlflow or csv "
+                            "(repeat, or a comma list: --logger tensorboard,mlflow)")
     train.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
     train.add_argument("--allow-changed-data", action="store_true",
                        help="with --resume: use a data file (--dataset file) even if its content changed since the run started")

@@ -9,10 +9,11 @@ import pyro
 from .checkpoint import Checkpointer
 from .data import Dataset
 from .distributed import is_main_process
-from .errors import DataError, GenmodError, RunFolderError, TrainingDiverged
+from .errors import ConfigError, DataError, GenmodError, RunFolderError, TrainingDiverged
 from .factories import create_guide, create_model, default_guide
 from .importance import LogLikelihood, score
 from .runs import check_trusted, resume_folder, run_dataset_options, save_run, take_run_folder
+from .tracking import RunInfo, check_logger_names, create_loggers
 from .train import FitResult, check_positive_int, fit
 
 __all__ = ["score", "run_experiment", "resume_experiment"]
@@ -60,6 +61,7 @@ def run_experiment(
     overwrite: bool = False,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    loggers: list[str] | str | None = None,
     **fit_options,
 ) -> tuple[dict, FitResult, Path | None]:
     """Build ``model_name`` with ``guide_name`` for ``data``, fit, score the test set, save.
@@ -68,11 +70,16 @@ def run_experiment(
 
     The output folder is checked before training, so a taken or unwritable ``out`` fails fast.
     With ``out``, a checkpoint is written there every epoch (and every ``checkpoint_every``
-    steps); ``resume=True`` continues from it. If training diverges, the last good state is
-    still scored and saved, then :class:`TrainingDiverged` is re-raised. Under
+    steps); ``resume=True`` continues from it. ``loggers`` (``"tensorboard"``, ``"mlflow"``,
+    ``"csv"``: :mod:`pyro_genmod.tracking`) record the fit into ``out`` as it trains; they are
+    named in the checkpoint, so a resumed run continues their series. If training diverges, the
+    last good state is still scored and saved, then :class:`TrainingDiverged` is re-raised. Under
     ``distributed=True`` only rank 0 writes and scores; other ranks return empty metrics.
     """
     check_positive_int("the number of importance samples K", num_samples)
+    loggers = check_logger_names(loggers)
+    if loggers and out is None:
+        raise ConfigError(f"the loggers ({', '.join(loggers)}) write into the run folder: give out=<folder>")
     main = is_main_process()
     folder = None if out is None else Path(out)
     pyro.set_rng_seed(fit_options.get("seed", 0))  # parameter initialisation follows the seed
@@ -91,7 +98,7 @@ def run_experiment(
     try:
         return _fit_score_save(
             model, guide, data, folder, taken, created, main, resume, num_samples, eval_seed,
-            model_name, guide_name, model_options, guide_options, checkpoint_every, fit_options,
+            model_name, guide_name, model_options, guide_options, checkpoint_every, loggers, fit_options,
         )
     finally:
         if taken is not None:
@@ -99,8 +106,9 @@ def run_experiment(
 
 
 def _fit_score_save(model, guide, data, folder, taken, created, main, resume, num_samples, eval_seed,
-                    model_name, guide_name, model_options, guide_options, checkpoint_every, fit_options):
+                    model_name, guide_name, model_options, guide_options, checkpoint_every, loggers, fit_options):
     """The body of :func:`run_experiment` once its run folder is taken (``taken``: None off rank 0)."""
+    callbacks = list(fit_options.pop("callbacks", None) or [])
     if folder is not None:
         spec = {
             "model": {"name": model_name, "options": model_options or {}},
@@ -110,10 +118,40 @@ def _fit_score_save(model, guide, data, folder, taken, created, main, resume, nu
             "checkpoint_every": checkpoint_every,
             "fit": {k: v for k, v in fit_options.items() if k not in ("progress", "device", "distributed")},
         }
+        if loggers:
+            spec["loggers"] = loggers
         fit_options["checkpoint"] = Checkpointer(folder, every=checkpoint_every, spec=spec)
+    tracked = []
+    if loggers and main:
+        home = taken.path if taken is not None else folder
+        tags = {"dataset": data.name, "model": model_name, "guide": guide_name}
+        tracked = create_loggers(loggers, RunInfo(folder, home.name, params=spec, tags=tags, store=home))
+        for logger in tracked:
+            logger.hold_open = True  # finished below, once the run folder is saved
+    finished = None  # (error, saved folder) for the loggers
+    try:
+        metrics, result, saved = _fit_score_save_tracked(
+            model, guide, data, folder, taken, created, main, resume, num_samples, eval_seed, fit_options,
+            [*callbacks, *tracked],
+        )
+        finished = (None, saved)
+        return metrics, result, saved
+    except TrainingDiverged as error:  # scored and saved all the same
+        finished = (error, taken.path if taken is not None else folder)
+        raise
+    except BaseException as error:
+        finished = (error, None)
+        raise
+    finally:
+        for logger in tracked:
+            logger.finish(*finished)
+
+
+def _fit_score_save_tracked(model, guide, data, folder, taken, created, main, resume, num_samples, eval_seed,
+                            fit_options, callbacks):
     diverged = None
     try:
-        result = fit(model, guide, data, resume=resume, **fit_options)
+        result = fit(model, guide, data, resume=resume, callbacks=callbacks, **fit_options)
     except TrainingDiverged as error:
         diverged, result = error, error.result
     except GenmodError:
@@ -175,7 +213,7 @@ def resume_experiment(
         options = dict(
             model_options=model["options"], guide_options=guide["options"],
             num_samples=evaluation["num_samples"], eval_seed=evaluation["seed"],
-            checkpoint_every=spec["checkpoint_every"], **spec["fit"],
+            checkpoint_every=spec["checkpoint_every"], loggers=spec.get("loggers"), **spec["fit"],
         )
     except (KeyError, TypeError) as error:
         raise RunFolderError(

@@ -68,9 +68,10 @@ LOCK_FILE = ".genmod-lock"
 STAGING = ".genmod-new"
 OUTPUT_STAGING = ".genmod-new-output"  # take_output_folder's, so an output folder can be a run folder
 COMMIT_FILE = ".genmod-commit"
+TRACKING_DIRS = ("tensorboard",)  # a run's logs that belong to it (pyro_genmod.tracking), replaced with it
 # what a new run replaces in its folder, and the order its files are moved in (config.json last)
-_RUN_REPLACES = (*RUN_FILES, CHECKPOINT_FILE, "diagnose")
-_RUN_ORDER = (CHECKPOINT_FILE, "params.safetensors", "history.csv", "metrics.json", "config.json")
+_RUN_REPLACES = (*RUN_FILES, CHECKPOINT_FILE, "diagnose", *TRACKING_DIRS)
+_RUN_ORDER = (*TRACKING_DIRS, CHECKPOINT_FILE, "params.safetensors", "history.csv", "metrics.json", "config.json")
 _HASHED = ("params.safetensors", "metrics.json", "history.csv")
 _PROBE = ".write-test."
 _WAIT_SECONDS = 30.0  # how long a reader waits for a live writer to finish committing
@@ -337,6 +338,8 @@ def _roll_forward(staging: Path) -> None:
         _remove(folder / name)
     for name in move:
         if (staging / name).exists():
+            if (folder / name).is_dir() and not (folder / name).is_symlink():
+                shutil.rmtree(folder / name)  # a folder (the run's logs) is replaced whole
             os.replace(staging / name, folder / name)
     _fsync_dir(folder)
     shutil.rmtree(staging)
@@ -344,7 +347,7 @@ def _roll_forward(staging: Path) -> None:
 
 
 def _commit(staging: Path, order: Iterable[str], replaces: Iterable[str]) -> None:
-    move = [name for name in order if (staging / name).is_file()]
+    move = [name for name in order if (staging / name).exists()]
     manifest = {"move": move, "remove": [name for name in replaces if name not in move]}
     atomic_write_text(staging / COMMIT_FILE, json.dumps(manifest) + "\n")  # the commit point
     _roll_forward(staging)

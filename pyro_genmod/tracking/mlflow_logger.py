@@ -114,7 +114,10 @@ class MLflowLogger(Logger):
                     previous = self.client.get_run(recorded["run_id"])
                     if previous.info.status == "RUNNING":
                         self.client.set_terminated(recorded["run_id"], status="KILLED")
-                tags = {**self.tags, "mlflow.runName": self.run_name, "genmod.folder": str(self.folder.resolve())}
+                tags = {
+                    "objective": str(event.options.get("objective")), "seed": str(event.options.get("seed")),
+                    **self.tags, "mlflow.runName": self.run_name, "genmod.folder": str(self.folder.resolve()),
+                }
                 run = self.client.create_run(self._experiment_id(), tags=tags, run_name=self.run_name)
                 self.run_id, self.last_step, self.last_epoch = run.info.run_id, 0, 0
                 atomic_write_text(self.folder / RUN_ID_FILE, json.dumps(

@@ -97,6 +97,9 @@ class TensorBoardLogger(Logger):
         pairs = torch.cat([x.cpu().float(), recon.cpu().float()]).clamp(0, 1)
         return samples, make_grid(pairs, nrow=x.shape[0], padding=1, pad_value=0.5)
 
+    def on_fit_end(self, event) -> None:
+        self.finish(error=event.error)  # nothing is logged after the fit: the files are closed now
+
     def finish(self, error: BaseException | None = None, saved: Path | None = None) -> None:
         for writer in self.writers.values():
             writer.close()
