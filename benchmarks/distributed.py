@@ -1,13 +1,30 @@
-"""Data-parallel throughput: 1 process against 2 torch.distributed (gloo) processes, with threads.
+"""Scaling: DDP against the hand-written all-reduce it replaced, and the digits grid on the executors.
 
-Each configuration trains the same model for the same epochs with the same global batch
-(one process at batch G, or two processes at batch G/2 each, launched by ``torchrun``) and
-records training points per second, the thread count per process, and the machine's load.
+    python -m benchmarks.distributed                 # both parts; writes benchmarks/results/scale.md (+ .json)
+    python -m benchmarks.distributed --part ddp      # only the DDP part (keeps the other part's last numbers)
+    python -m benchmarks.distributed --part grid
 
-    python -m benchmarks.distributed                       # MNIST, Burda's one-layer VAE
-    python -m benchmarks.distributed --dataset digits      # no download needed
+**DDP.** ``torchrun --standalone --nproc_per_node=2`` starts two gloo workers. Each builds the
+same fit (VAE with a mean-field guide on ``digits``) three times and trains them in
+interleaved blocks of steps (:func:`benchmarks.perf.interleaved`: every round runs every
+variant, in rotated order, and the ratio is taken within the round):
 
-Writes ``benchmarks/results/distributed.md`` (and ``.json``).
+- ``hand-written``: the step the library used before DistributedDataParallel, kept here only as
+  the baseline (:func:`hand_written_step`): the loss, one flat all-reduce of every gradient
+  after the backward pass, the optimizer step;
+- ``ddp``: ``_Fit.step`` as the library runs it, through DistributedDataParallel (gradients
+  bucketed and all-reduced while the backward pass runs);
+- ``ddp + find_unused_parameters``: the same with DDP's search for unused parameters, which
+  the library turns on for Pyro programs and the ``local`` guide.
+
+Every variant takes the same work per step (same model, batch size and data), and every step
+is a collective, so the two ranks run in lockstep; rank 0 reports steps per second.
+
+**Grid.** ``genmod bench`` on an 8-cell digits grid (``benchmarks/configs/digits_grid8.toml``),
+in a fresh runs folder each time: sequentially (``--executor local --jobs 1``, the cells one after
+another in one process), with 2 local worker processes, and on a Dask ``LocalCluster`` of 1 and
+2 workers; the rounds are interleaved and each wall time is divided by the same round's
+sequential one.
 """
 
 from __future__ import annotations
@@ -15,121 +32,278 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 __all__: list[str] = []
 
-RESULTS = Path(__file__).parent / "results"
-MNIST_ROOT = os.environ.get("GENMOD_DATA_ROOT") or str(Path(__file__).resolve().parents[2] / "shared" / "data")  # ../shared/data
-CONFIGS = ((1, 1), (1, 2), (2, 1))  # (processes, threads per process); 2 x 1 fills 2 cores
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+GRID_CONFIG = HERE / "configs" / "digits_grid8.toml"
+GRID_RUNS = (("sequential", "local", 1), ("local, 2 workers", "local", 2),
+             ("dask, 1 worker", "dask", 1), ("dask, 2 workers", "dask", 2))
 
 
-def worker(args) -> None:
-    """One run of ``fit`` (a torchrun worker when ``--processes`` > 1); rank 0 prints JSON."""
+# ---------------------------------------------------------------- DDP against the hand-written all-reduce
+
+
+def sum_gradients(ddp, params) -> None:
+    """The hand-written all-reduce the library used before DDP (the baseline, kept only here):
+    every parameter's gradient summed over the ranks in one flat all-reduce after the backward
+    pass; a rank whose parameter had no gradient skipped its update (the drift DDP fixes)."""
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(ddp.device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
+        if p.grad is not None:
+            p.grad.copy_(chunk.view_as(p.grad))
+
+
+def hand_written_step(run, epoch: int, step: int, index) -> float:
+    """``_Fit.step`` as it was before DDP (on a fit built without DDP): the loss, its value summed
+    over the ranks, the checks, backward, :func:`sum_gradients`, clipping, the optimizer step."""
+    import torch
+
+    ddp = run.ddp
+    batch = ddp.shard(run.data.training_batch(run.train_x[index], run.generator))
+    differentiable, value = run._loss(batch, (epoch - 1) * run.steps_per_epoch + step)
+    value = ddp.sum(value)
+    run._check_loss_blowup(epoch, step, value / max(1, index.shape[0]))
+    run.optimizer.zero_grad(set_to_none=True)
+    differentiable.backward()
+    sum_gradients(ddp, run.optimizer.param_groups[0]["params"])
+    if run.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, run.clip_grad_norm)
+    run.optimizer.step()
+    return value
+
+
+def _endless(run):
+    """``(epoch, step, index)`` for ever: the fit's minibatches, epoch after epoch."""
+    epoch = 1
+    while True:
+        for step, index in run.batches():
+            yield epoch, step, index
+        run.order, run.skip, epoch = None, 0, epoch + 1
+
+
+def ddp_worker(args) -> None:
+    """One torchrun worker: three fits, trained in interleaved blocks; rank 0 prints JSON."""
     import pyro
     import torch
 
     import pyro_genmod as pg
-    from pyro_genmod.distributed import init_distributed, is_main_process
+    from benchmarks.perf import interleaved
+    from pyro_genmod import train
+    from pyro_genmod.distributed import DataParallel, init_distributed
 
-    torch.set_num_threads(args.threads)
-    distributed = args.processes > 1
-    if distributed:
-        init_distributed("gloo")
-    options = {"root": MNIST_ROOT} if args.dataset == "mnist" else {}
-    data = pg.load_dataset(args.dataset, **options)
-    pyro.set_rng_seed(0)
-    model = pg.create_model("vae", data, latent_dim=args.latent_dim, hidden=args.hidden)
-    guide = pg.create_guide("mean_field", model, hidden=args.hidden)
-    start = time.perf_counter()
-    result = pg.fit(
-        model, guide, data, epochs=args.epochs, batch_size=args.global_batch // args.processes,
-        seed=0, progress=False, distributed=distributed,
-    )
-    seconds = time.perf_counter() - start
-    if is_main_process():
-        print(json.dumps({
-            "processes": args.processes, "threads": args.threads, "seconds": seconds,
-            "points_per_second": args.epochs * data.train.shape[0] / seconds,
-            "final_train_elbo": result.history[-1]["train_elbo"], "final_val_elbo": result.history[-1]["val_elbo"],
-        }))
-    if distributed:
-        torch.distributed.destroy_process_group()
+    torch.set_num_threads(1)
+    ddp = init_distributed("gloo")
+    data = pg.load_dataset("digits")
+
+    def make(find_unused: bool | None):
+        """A fit through DDP, with or without the unused-parameter search; ``None``: no DDP at all
+        (the hand-written baseline; every rank builds the same parameters from seed 0)."""
+        pyro.set_rng_seed(0)
+        model = pg.create_model("vae", data, latent_dim=args.latent_dim, hidden=args.hidden)
+        guide = pg.create_guide("mean_field", model, hidden=args.hidden)
+        saved = train.parameter_use_may_vary, DataParallel.wrap
+        if find_unused is None:
+            DataParallel.wrap = lambda self, module, find_unused_parameters=False: module
+        else:
+            train.parameter_use_may_vary = lambda model, guide: find_unused
+        try:
+            run = train._Fit(
+                model, guide, data, epochs=10**6, batch_size=args.batch_size, lr=1e-3, seed=0,
+                objective="trace_elbo", num_particles=1, early_stopping=None, device=None, checkpoint=None,
+                distributed=True, beta=1.0, kl_warmup=0, free_bits=0.0, optimizer=None, optimizer_options=None,
+                lr_schedule=None, lr_schedule_options=None, clip_grad_norm=None,
+            )
+        finally:
+            train.parameter_use_may_vary, DataParallel.wrap = saved
+        return run, _endless(run)
+
+    (hand, hand_steps), (plain, plain_steps), (search, search_steps) = make(None), make(False), make(True)
+    fns = {
+        "hand-written": lambda: hand_written_step(hand, *next(hand_steps)),
+        "ddp": lambda: plain.step(*next(plain_steps)),
+        "ddp + find_unused_parameters": lambda: search.step(*next(search_steps)),
+    }
+    for fn in fns.values():  # warm-up: the first steps (DDP's bucket rebuild, allocator) are not timed
+        for _ in range(5):
+            fn()
+    result = interleaved(fns, rounds=args.rounds, block=args.block, baseline="hand-written")
+    # the replicas stayed identical under every variant (every rank took the same updates)
+    spread = {}
+    for name, run in (("hand-written", hand), ("ddp", plain), ("ddp + find_unused_parameters", search)):
+        flat = torch.cat([p.detach().reshape(-1) for p in run.params])
+        gathered = [torch.empty_like(flat) for _ in range(ddp.world_size)]
+        torch.distributed.all_gather(gathered, flat)
+        spread[name] = max(float((g - flat).abs().max()) for g in gathered)
+    if ddp.is_main:
+        params = sum(p.numel() for p in plain.params)
+        print(json.dumps({"variants": result, "replica_max_abs_difference": spread, "parameters": params,
+                          "world_size": ddp.world_size, "per_rank_batch": args.batch_size}))
+    torch.distributed.destroy_process_group()
 
 
-def launch(args, processes: int, threads: int) -> dict:
-    flags = [
-        "--worker", "--processes", str(processes), "--threads", str(threads), "--dataset", args.dataset,
-        "--epochs", str(args.epochs), "--global-batch", str(args.global_batch),
-        "--latent-dim", str(args.latent_dim), "--hidden", *map(str, args.hidden),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    if processes == 1:
-        command = [sys.executable, "-m", "benchmarks.distributed", *flags]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={processes}", "-m", "benchmarks.distributed", *flags]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+def bench_ddp(args) -> dict:
+    flags = ["--ddp-worker", "--batch-size", str(args.batch_size), "--latent-dim", str(args.latent_dim),
+             "--hidden", *map(str, args.hidden), "--rounds", str(args.rounds), "--block", str(args.block)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "benchmarks.distributed", *flags]
+    before = os.getloadavg()
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          cwd=HERE.parent, check=False)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load_average"] = [before[0], os.getloadavg()[0]]
+    result["options"] = {k: getattr(args, k) for k in ("batch_size", "latent_dim", "hidden", "rounds", "block")}
+    return result
 
 
-def report(args, rows: list[dict], load: tuple[list[float], list[float]]) -> str:
-    import torch
+# ---------------------------------------------------------------- the digits grid on the executors
 
-    base = rows[0]["points_per_second"]
+
+def bench_grid(args) -> dict:
+    """Wall time of ``genmod bench`` on the 8-cell digits grid per executor, interleaved rounds."""
+    seconds: dict[str, list[float]] = {label: [] for label, _, _ in GRID_RUNS}
+    before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="genmod-scale-") as tmp:
+        for r in range(args.grid_rounds):
+            order = GRID_RUNS[r % len(GRID_RUNS):] + GRID_RUNS[: r % len(GRID_RUNS)]
+            for label, executor, jobs in order:
+                folder = Path(tmp) / f"{executor}{jobs}-{r}"
+                folder.mkdir()
+                config = folder / "grid.toml"
+                config.write_text(
+                    f'results_dir = "{(folder / "results").as_posix()}"\nruns_dir = "{(folder / "runs").as_posix()}"\n'
+                    + GRID_CONFIG.read_text()
+                )
+                command = [sys.executable, "-m", "pyro_genmod", "bench", str(config), "--executor", executor,
+                           "--jobs", str(jobs), "--quiet"]
+                start = time.perf_counter()
+                done = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent, check=False,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
+                took = time.perf_counter() - start
+                if done.returncode != 0 or "8 cells ok, 0 failed" not in done.stdout:
+                    raise SystemExit(f"{label}: {done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+                seconds[label].append(took)
+                print(f"round {r + 1}: {label}: {took:.1f} s", flush=True)
+    rows = {}
+    for label, times in seconds.items():
+        ratios = [t / s for t, s in zip(times, seconds["sequential"])]
+        rows[label] = {"seconds": times, "median_s": statistics.median(times),
+                       "ratio_to_sequential": ratios, "median_ratio": statistics.median(ratios)}
+    return {"rows": rows, "rounds": args.grid_rounds, "load_average": [before[0], os.getloadavg()[0]]}
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _machine_line(info: dict) -> str:
+    return (f"`{info['command']}` at commit `{info['commit']}`, {info['utc']} UTC; torch {info['torch']}, "
+            f"pyro {info['pyro']}; {info['cpus']} CPU cores ({info['cpu']}).")
+
+
+def report(result: dict) -> str:
     lines = [
-        "# Data-parallel throughput (torch.distributed, gloo, CPU)",
+        "# Scaling: DistributedDataParallel and the grid executors (issue 17)",
         "",
-        f"`python -m benchmarks.distributed --dataset {args.dataset} --epochs {args.epochs}` on "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: VAE {args.hidden}-{args.latent_dim} "
-        f"with a mean-field guide, {args.epochs} epoch(s) of {args.dataset}, global batch "
-        f"{args.global_batch} (per-process batch = global / processes), validation ELBO every epoch "
-        f"included in the time. Each configuration ran {args.repeats} times, interleaved; the table shows "
-        f"the fastest run, the last column every run. {os.cpu_count()} CPU cores, torch {torch.__version__}; load average "
-        f"{load[0][0]:.1f} before and {load[1][0]:.1f} after (other jobs shared the machine).",
+        ("Written by `python -m benchmarks.distributed`. The machine is a 2-core VM shared with other "
+        "jobs (two long niced training runs in the background, and other developers' tests): no core "
+        "was idle, so these are ratios measured on a loaded machine, not a scaling curve; the load "
+        "averages are given with each part. Every process ran with one torch thread "
+        "(`OMP_NUM_THREADS=1`)."),
         "",
-        "| processes | threads per process | per-process batch | seconds | training points / s | vs 1 x 1 | final train ELBO | all runs (s) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['processes']} | {row['threads']} | {args.global_batch // row['processes']} | "
-            f"{row['seconds']:.1f} | {row['points_per_second']:.0f} | "
-            f"{row['points_per_second'] / base:.2f}x | {row['final_train_elbo']:.2f} | "
-            f"{', '.join(f'{s:.1f}' for s in row['all_seconds'])} |"
-        )
-    return "\n".join(lines) + "\n"
+    ddp = result.get("ddp")
+    if ddp:
+        v = ddp["variants"]
+        opts = ddp["options"]
+        lines += [
+            "## DDP against the hand-written all-reduce it replaced (2 gloo processes)",
+            "",
+            _machine_line(ddp["machine"]),
+            "",
+            (f"VAE {opts['hidden']}-{opts['latent_dim']} with a mean-field guide on digits "
+            f"({ddp['parameters']:,} parameters), per-rank batch {opts['batch_size']}, Adam, one torchrun launch "
+            f"of 2 workers; {opts['rounds']} interleaved rounds of {opts['block']} steps per variant after 5 "
+            f"warm-up steps each. Steps per second of the 2-process run (rank 0's clock; every step is a "
+            f"collective, so the ranks run in lockstep); ratio = the variant's time per step over the "
+            f"hand-written loop's in the same round, median over rounds (95% CI for the median). Load "
+            f"average {ddp['load_average'][0]:.1f} before, {ddp['load_average'][1]:.1f} after."),
+            "",
+            "| variant | steps / s (wall) | time per step vs hand-written (wall) | 95% CI | CPU time vs hand-written | replicas' max abs difference |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, row in v.items():
+            wall, cpu = row["wall"], row["cpu"]
+            lines.append(
+                f"| {name} | {1 / wall['median_s']:.1f} | {wall['ratio']:.3f}x | "
+                f"{wall['ratio_ci95'][0]:.3f}-{wall['ratio_ci95'][1]:.3f} | {cpu['ratio']:.3f}x | "
+                f"{ddp['replica_max_abs_difference'][name]:.1e} |"
+            )
+        lines.append("")
+    grid = result.get("grid")
+    if grid:
+        lines += [
+            "## The digits grid on the executors",
+            "",
+            _machine_line(grid["machine"]),
+            "",
+            (f"`genmod bench benchmarks/configs/digits_grid8.toml --executor E --jobs N --quiet` (8 cells: VAE "
+            f"with a mean-field guide, trace_elbo and iwae:5, seeds 0-3), each time into a fresh runs folder; "
+            f"{grid['rounds']} interleaved rounds; ratio = wall time over the same round's sequential run, "
+            f"median over rounds. Every run finished with `8 cells ok, 0 failed`. Load average "
+            f"{grid['load_average'][0]:.1f} before, {grid['load_average'][1]:.1f} after."),
+            "",
+            "| executor | wall seconds (each round) | vs sequential (median) | each round |",
+            "|---|---|---|---|",
+        ]
+        for label, row in grid["rows"].items():
+            lines.append(
+                f"| {label} | {', '.join(f'{s:.1f}' for s in row['seconds'])} | {row['median_ratio']:.2f}x | "
+                f"{', '.join(f'{r:.2f}' for r in row['ratio_to_sequential'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--global-batch", type=int, default=128)
+    parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=["ddp", "grid", "all"], default="all")
+    parser.add_argument("--batch-size", type=int, default=64, help="per-rank batch of the DDP part")
     parser.add_argument("--latent-dim", type=int, default=50)
     parser.add_argument("--hidden", type=int, nargs="+", default=[200, 200])
-    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration, interleaved; the fastest is reported")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds of the DDP part")
+    parser.add_argument("--block", type=int, default=20, help="steps per variant per round")
+    parser.add_argument("--grid-rounds", type=int, default=2, help="interleaved rounds of the grid part")
     args = parser.parse_args()
-    if args.worker:
-        return worker(args)
-    before = list(os.getloadavg())
-    runs = [[launch(args, p, t) for p, t in CONFIGS] for _ in range(args.repeats)]  # interleaved
-    after = list(os.getloadavg())
-    rows = [min(tries, key=lambda row: row["seconds"]) | {"all_seconds": [r["seconds"] for r in tries]}
-            for tries in zip(*runs)]
-    for row in rows:
-        print(row)
+    if args.ddp_worker:
+        return ddp_worker(args)
+    from benchmarks.perf import machine
+
+    path = RESULTS / "scale.json"
+    result = json.loads(path.read_text()) if path.exists() else {}  # the other part's last numbers stay
+    command = {"command": " ".join(["python", "-m", "benchmarks.distributed", *sys.argv[1:]])}
+    if args.part in ("ddp", "all"):
+        result["ddp"] = bench_ddp(args) | {"machine": machine() | command | {"torch_threads": 1}}
+        print(json.dumps(result["ddp"], indent=2))
+    if args.part in ("grid", "all"):
+        result["grid"] = bench_grid(args) | {"machine": machine() | command | {"torch_threads": 1}}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distributed.json").write_text(json.dumps({"rows": rows, "load": [before, after]}, indent=2) + "\n")
-    (RESULTS / "distributed.md").write_text(report(args, rows, (before, after)))
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "scale.md").write_text(report(result))
 
 
 if __name__ == "__main__":
