@@ -172,6 +172,7 @@ def cmd_train(args) -> int:
                 objective=args.objective, num_particles=args.num_particles,
                 early_stopping=args.early_stopping, progress=not args.quiet, device=args.device,
                 checkpoint_every=args.checkpoint_every, distributed=distributed, loggers=loggers,
+                log_every=args.log_every,
                 beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits,
                 **_recipe_options(args),
             )
@@ -403,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--logger", action="append", metavar="NAME",
                        help="record the run as it trains into its folder: tensorboard, mlflow or csv "
                             "(repeat, or a comma list: --logger tensorboard,mlflow)")
+    train.add_argument("--log-every", type=_positive_int, default=50, metavar="STEPS",
+                       help="with --logger: record the loss, learning rate and gradient norm every STEPS steps (default 50)")
     train.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
     train.add_argument("--allow-changed-data", action="store_true",
                        help="with --resume: use a data file (--dataset file) even if its content changed since the run started")

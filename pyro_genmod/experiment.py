@@ -62,6 +62,7 @@ def run_experiment(
     checkpoint_every: int | None = None,
     resume: bool = False,
     loggers: list[str] | str | None = None,
+    log_every: int = 50,
     **fit_options,
 ) -> tuple[dict, FitResult, Path | None]:
     """Build ``model_name`` with ``guide_name`` for ``data``, fit, score the test set, save.
@@ -71,13 +72,15 @@ def run_experiment(
     The output folder is checked before training, so a taken or unwritable ``out`` fails fast.
     With ``out``, a checkpoint is written there every epoch (and every ``checkpoint_every``
     steps); ``resume=True`` continues from it. ``loggers`` (``"tensorboard"``, ``"mlflow"``,
-    ``"csv"``: :mod:`pyro_genmod.tracking`) record the fit into ``out`` as it trains; they are
-    named in the checkpoint, so a resumed run continues their series. If training diverges, the
+    ``"csv"``: :mod:`pyro_genmod.tracking`) record the fit into ``out`` as it trains (the loss,
+    learning rate and gradient norm every ``log_every`` steps); they are named in the
+    checkpoint, so a resumed run continues their series. If training diverges, the
     last good state is still scored and saved, then :class:`TrainingDiverged` is re-raised. Under
     ``distributed=True`` only rank 0 writes and scores; other ranks return empty metrics.
     """
     check_positive_int("the number of importance samples K", num_samples)
     loggers = check_logger_names(loggers)
+    check_positive_int("log_every", log_every)
     if loggers and out is None:
         raise ConfigError(f"the loggers ({', '.join(loggers)}) write into the run folder: give out=<folder>")
     main = is_main_process()
@@ -98,7 +101,7 @@ def run_experiment(
     try:
         return _fit_score_save(
             model, guide, data, folder, taken, created, main, resume, num_samples, eval_seed,
-            model_name, guide_name, model_options, guide_options, checkpoint_every, loggers, fit_options,
+            model_name, guide_name, model_options, guide_options, checkpoint_every, (loggers, log_every), fit_options,
         )
     finally:
         if taken is not None:
@@ -106,8 +109,9 @@ def run_experiment(
 
 
 def _fit_score_save(model, guide, data, folder, taken, created, main, resume, num_samples, eval_seed,
-                    model_name, guide_name, model_options, guide_options, checkpoint_every, loggers, fit_options):
+                    model_name, guide_name, model_options, guide_options, checkpoint_every, tracking, fit_options):
     """The body of :func:`run_experiment` once its run folder is taken (``taken``: None off rank 0)."""
+    loggers, log_every = tracking
     callbacks = list(fit_options.pop("callbacks", None) or [])
     if folder is not None:
         spec = {
@@ -119,13 +123,14 @@ def _fit_score_save(model, guide, data, folder, taken, created, main, resume, nu
             "fit": {k: v for k, v in fit_options.items() if k not in ("progress", "device", "distributed")},
         }
         if loggers:
-            spec["loggers"] = loggers
+            spec["loggers"], spec["log_every"] = loggers, log_every
         fit_options["checkpoint"] = Checkpointer(folder, every=checkpoint_every, spec=spec)
     tracked = []
     if loggers and main:
         home = taken.path if taken is not None else folder
         tags = {"dataset": data.name, "model": model_name, "guide": guide_name}
-        tracked = create_loggers(loggers, RunInfo(folder, home.name, params=spec, tags=tags, store=home))
+        run = RunInfo(folder, home.name, params=spec, tags=tags, store=home, every_n_steps=log_every)
+        tracked = create_loggers(loggers, run)
         for logger in tracked:
             logger.hold_open = True  # finished below, once the run folder is saved
     finished = None  # (error, saved folder) for the loggers
@@ -213,7 +218,8 @@ def resume_experiment(
         options = dict(
             model_options=model["options"], guide_options=guide["options"],
             num_samples=evaluation["num_samples"], eval_seed=evaluation["seed"],
-            checkpoint_every=spec["checkpoint_every"], loggers=spec.get("loggers"), **spec["fit"],
+            checkpoint_every=spec["checkpoint_every"], loggers=spec.get("loggers"),
+            log_every=spec.get("log_every", 50), **spec["fit"],
         )
     except (KeyError, TypeError) as error:
         raise RunFolderError(

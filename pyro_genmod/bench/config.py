@@ -12,7 +12,8 @@ from pyro_genmod.errors import ConfigError
 __all__ = ["Cell", "BenchConfig", "load_config"]
 
 _TOP_KEYS = {"name", "title", "notes", "results_dir", "runs_dir", "grid", "training", "evaluation",
-             "datasets", "models", "guides", "overrides", "published", "executor", "jobs", "scheduler", "slurm"}
+             "datasets", "models", "guides", "overrides", "published", "executor", "jobs", "scheduler", "slurm",
+             "logger", "log_every"}
 EXECUTORS = ("local", "dask", "slurm")
 _EVAL_DEFAULTS = {
     "num_samples": 1000, "seed": 0, "max_points": None, "khat_points": None, "eval_block": 500,
@@ -142,6 +143,12 @@ def load_config(path: str | Path) -> BenchConfig:
         raise ConfigError(f"benchmark config '{path}': jobs must be a positive integer, not {jobs!r}")
     if not isinstance(raw.get("slurm", {}), dict):
         raise ConfigError(f"benchmark config '{path}': [slurm] must be a table of submitit parameters")
+    from pyro_genmod.tracking import check_logger_names
+
+    check_logger_names(raw.get("logger"), f"benchmark config '{path}'")  # names known, extras installed
+    every = raw.get("log_every", 50)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"benchmark config '{path}': log_every must be a positive integer (steps), not {every!r}")
     return BenchConfig(path=path.resolve(), raw=raw)
 
 

@@ -18,6 +18,7 @@ from pyro_genmod.factories import create_guide, create_model
 from pyro_genmod.folders import FolderLock
 from pyro_genmod.runs import load_run, prepare_run_folder, save_run
 from pyro_genmod.tasks import encode
+from pyro_genmod.tracking import RunInfo, create_loggers
 from pyro_genmod.train import fit
 
 from .config import BenchConfig, Cell
@@ -45,21 +46,52 @@ def _train_or_resume(cell: Cell, config: BenchConfig, data: Dataset, folder: Pat
         return run.model, run.guide, run.metrics["epochs"], run.metrics["train_seconds"]
     prepare_run_folder(folder, overwrite=True)
     pyro.set_rng_seed(cell.seed)  # parameter initialisation follows the seed
-    model = create_model(cell.model, data, **config.raw.get("models", {}).get(cell.model, {}))
-    guide = create_guide(cell.guide, model, **config.raw.get("guides", {}).get(cell.guide, {}))
-    result = fit(
-        model, guide, data, seed=cell.seed, objective=cell.objective_name, num_particles=cell.k,
-        progress=progress, **config.options(cell, "training"),
-    )
-    metrics = {
-        "epochs": result.epochs_run, "train_seconds": result.train_seconds,
-        "stopped_reason": result.stopped_reason,
-    }
-    save_run(
-        folder, model=model, guide=guide, data=data, metrics=metrics, history=result.history,
-        config={"training": result.options, "bench_cell": cell.id},
-    )
+    model_options = config.raw.get("models", {}).get(cell.model, {})
+    guide_options = config.raw.get("guides", {}).get(cell.guide, {})
+    model = create_model(cell.model, data, **model_options)
+    guide = create_guide(cell.guide, model, **guide_options)
+    loggers = _cell_loggers(cell, config, data, folder, model_options, guide_options)
+    try:
+        result = fit(
+            model, guide, data, seed=cell.seed, objective=cell.objective_name, num_particles=cell.k,
+            progress=progress, callbacks=loggers, **config.options(cell, "training"),
+        )
+        metrics = {
+            "epochs": result.epochs_run, "train_seconds": result.train_seconds,
+            "stopped_reason": result.stopped_reason,
+        }
+        save_run(
+            folder, model=model, guide=guide, data=data, metrics=metrics, history=result.history,
+            config={"training": result.options, "bench_cell": cell.id},
+        )
+    except BaseException as error:
+        for logger in loggers:
+            logger.finish(error=error)
+        raise
+    for logger in loggers:
+        logger.finish(saved=folder)
     return model, guide, result.epochs_run, result.train_seconds
+
+
+def _cell_loggers(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, model_options, guide_options):
+    """The config's loggers for a cell: into its run folder, and for MLflow one run per cell in
+    the experiment named after the grid, its store in the grid's runs folder."""
+    if not config.raw.get("logger"):
+        return []
+    params = {
+        "model": {"name": cell.model, "options": model_options},
+        "guide": {"name": cell.guide, "options": guide_options},
+        "dataset": {"name": data.name, "options": data.options},
+        "bench": {"config": config.name, "cell": cell.id},
+    }
+    tags = {"dataset": cell.dataset, "model": cell.model, "guide": cell.guide, "objective": cell.objective_name,
+            "k": cell.k, "seed": cell.seed, "bench": config.name}
+    run = RunInfo(folder, cell.id, params=params, tags=tags, experiment=config.name, store=config.runs_folder(),
+                  every_n_steps=config.raw.get("log_every", 50))
+    loggers = create_loggers(config.raw["logger"], run)
+    for logger in loggers:
+        logger.hold_open = True  # finished once the run folder is saved
+    return loggers
 
 
 def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progress: bool = True) -> dict:

@@ -31,21 +31,25 @@ def list_loggers() -> list[str]:
     return LOGGERS.names()
 
 
-def check_logger_names(names, where: str = "logger") -> list[str]:
+def check_logger_names(names, where: str | None = None) -> list[str]:
     """``names`` (a name, a comma-separated list, or a list of those) as a list of known logger
-    names whose engines are installed; otherwise one :class:`ConfigError` naming the problem."""
+    names whose engines are installed; otherwise one :class:`ConfigError` naming the problem
+    (after ``where``, the option or file that gave them)."""
+    prefix = f"{where}: " if where else ""
     if names is None:
         return []
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"{where} must be a logger name or a list of names ({', '.join(list_loggers())}), got {names!r}")
+        raise ConfigError(
+            f"{prefix}loggers are a name or a list of names ({', '.join(list_loggers())}), got {names!r}"
+        )
     chosen: list[str] = []
     for part in (p.strip() for n in names for p in n.split(",")):
         if not part:
             continue
         if part not in LOGGERS.names():
-            raise ConfigError(f"unknown {where} '{part}'; choose from: {', '.join(list_loggers())}")
+            raise ConfigError(f"{prefix}unknown logger '{part}'; choose from: {', '.join(list_loggers())}")
         LOGGERS.lookup(part).check_installed()
         if part not in chosen:
             chosen.append(part)

@@ -43,6 +43,7 @@ class RunInfo:
         experiment: the experiment the run belongs to (MLflow's experiment name).
         store: the folder under which a tracking store shared by runs is created by default
             (the run folder itself, or a grid's runs folder); defaults to ``folder``.
+        every_n_steps: optimizer steps between two step-level records (loss, lr, gradient norm).
     """
 
     folder: Path
@@ -51,6 +52,7 @@ class RunInfo:
     tags: dict = field(default_factory=dict)
     experiment: str = "genmod"
     store: Path | None = None
+    every_n_steps: int | None = 50
 
 
 class Logger(Callback):

@@ -63,7 +63,7 @@ class MLflowLogger(Logger):
     @classmethod
     def for_run(cls, run: RunInfo) -> MLflowLogger:
         return cls(run.folder, experiment=run.experiment, run_name=run.name, params=run.params, tags=run.tags,
-                   store=run.store)
+                   store=run.store, every_n_steps=run.every_n_steps)
 
     # --- the run ------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ class TensorBoardLogger(Logger):
 
     @classmethod
     def for_run(cls, run: RunInfo) -> TensorBoardLogger:
-        return cls(run.folder)
+        return cls(run.folder, every_n_steps=run.every_n_steps)
 
     def on_fit_start(self, event: FitStart) -> None:
         from torch.utils.tensorboard import SummaryWriter
