@@ -9,13 +9,24 @@ guide gradient is the doubly reparameterized one.
 
 from __future__ import annotations
 
+import ast
+import re
+
 from pyro import infer
 from torch import Tensor
 
-from pyro_genmod._registry import OBJECTIVES
+from pyro_genmod._registry import OBJECTIVES, _check_options
 from pyro_genmod.errors import ConfigError, UnknownNameError
 
-__all__ = ["Objective", "PyroELBO", "LossPair", "check_reparameterizable", "get_objective", "list_objectives"]
+__all__ = [
+    "LossPair",
+    "Objective",
+    "PyroELBO",
+    "check_reparameterizable",
+    "get_objective",
+    "list_objectives",
+    "parse_objective",
+]
 
 LossPair = tuple[Tensor, float]
 
@@ -70,9 +81,48 @@ def list_objectives() -> list[str]:
     return OBJECTIVES.names()
 
 
-def get_objective(name: str, num_particles: int = 1) -> Objective:
-    """Build the objective ``name`` (case-insensitive; ``Trace_ELBO`` works too)."""
-    key = name.lower() if isinstance(name, str) else name
+_SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
+
+
+def _option_value(node: ast.expr):
+    """A literal (``6``, ``0.5``, ``[64, 64]``, ``'imq'``) or a bare word (``imq``) as text."""
+    if isinstance(node, ast.Name):
+        return node.id
+    return ast.literal_eval(node)
+
+
+def parse_objective(spec: str) -> tuple[str, dict]:
+    """``"beta_tcvae(beta=6, kernel=imq)"`` -> ``("beta_tcvae", {"beta": 6, "kernel": "imq"})``.
+
+    An objective's options can be written into its name, so that every place that takes an
+    objective name (``fit(objective=...)``, ``genmod train --objective``, a bench config's
+    ``objectives``) takes its options too, and records them with the run.
+    """
+    example = "write NAME or NAME(option=value, ...), e.g. 'beta_tcvae(beta=6)'"
+    match = _SPEC.match(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ConfigError(f"objective {spec!r} is not a name; {example}")
+    name, body = match.group(1).lower(), match.group(2)
+    if body is None:
+        return name, {}
+    try:
+        call = ast.parse(f"f({body})", mode="eval").body
+        if call.args or any(k.arg is None for k in call.keywords):
+            raise ValueError
+        return name, {k.arg: _option_value(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError, TypeError):
+        raise ConfigError(f"objective {spec!r}: the options are not option=value pairs; {example}") from None
+
+
+def get_objective(name: str, num_particles: int = 1, **options) -> Objective:
+    """Build the objective ``name`` (case-insensitive; ``Trace_ELBO`` works too).
+
+    Options go in ``options`` or in the name, ``"beta_tcvae(beta=6)"`` (see
+    :func:`parse_objective`); an option the objective does not take, or a value of the wrong
+    kind, raises :class:`ConfigError` naming it.
+    """
+    key, written = parse_objective(name) if isinstance(name, str) else (name, {})
     if key not in list_objectives():
         raise UnknownNameError(f"unknown objective '{name}'; choose one of: {', '.join(list_objectives())}")
-    return OBJECTIVES.lookup(key)(num_particles)
+    cls = OBJECTIVES.lookup(key)
+    return cls(num_particles, **_check_options(cls, "objective", key, {**written, **options}, skip=1))

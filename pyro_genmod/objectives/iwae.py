@@ -12,7 +12,19 @@ from pyro_genmod.densities import log_densities
 
 from .base import LossPair, Objective, check_reparameterizable
 
-__all__ = ["IWAE"]
+__all__ = ["IWAE", "importance_bound", "log_weights"]
+
+
+def log_weights(model, guide, x: Tensor, num_particles: int) -> Tensor:
+    """log w_k = log p(x, z_k) - log q(z_k | x) for K = ``num_particles`` draws per point, shape
+    ``(K, N)``, differentiable (the bounds of ``iwae``, ``miwae``, ``ciwae`` are functions of it)."""
+    log_p, log_q = log_densities(model, guide, x, num_particles, per_point=True)
+    return (log_p - log_q).expand(num_particles, x.shape[0])
+
+
+def importance_bound(log_w: Tensor, dim: int = 0) -> Tensor:
+    """log (1/K) sum_k w_k over ``dim`` (of size K): the importance-weighted bound per point."""
+    return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])
 
 
 @register_objective("iwae")
@@ -26,7 +38,5 @@ class IWAE(Objective):
 
     def __call__(self, model, guide, x: Tensor) -> LossPair:
         check_reparameterizable(model, self.name)
-        log_p, log_q = log_densities(model, guide, x, self.num_particles, per_point=True)
-        log_w = (log_p - log_q).expand(self.num_particles, x.shape[0])
-        loss = -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
+        loss = -importance_bound(log_weights(model, guide, x, self.num_particles)).sum()
         return loss, float(loss.detach())
