@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .densities import latent_log_ratios
-from .errors import CallbackError, ConfigError
+from .errors import CallbackError, ConfigError, GenmodError
 from .seeding import seeded
 
 __all__ = ["Callback", "CallbackList", "EpochEnd", "FitEnd", "FitStart", "StepEnd", "kl_per_site"]
@@ -85,9 +85,14 @@ class EpochEnd:
     def kl(self) -> dict[str, float]:
         """KL(q(z_s|...) || p(z_s|...)) of each latent site s, nats per validation point (one
         draw per point, seeded with the fit's seed; computed on first use, training's random
-        streams untouched)."""
+        streams untouched). Empty, with a warning, for a pair whose sites the per-point scorer
+        refuses (a latent outside the data plate)."""
         if self._kl is None:
-            self._kl = kl_per_site(self.model, self.guide, self.val_x, seed=self.seed)
+            try:
+                self._kl = kl_per_site(self.model, self.guide, self.val_x, seed=self.seed)
+            except GenmodError as error:
+                warnings.warn(f"no KL per latent site for this pair: {error}", RuntimeWarning, stacklevel=2)
+                self._kl = {}
         return self._kl
 
 

@@ -39,6 +39,13 @@ CLI = ["--batch-size", "256", "--latent-dim", "2", "--model-opt", "hidden=[16]",
        "-K", "10", "--seed", "3", "--quiet"]
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_file_store(monkeypatch):
+    """MLflow 3 opens a file store only with MLFLOW_ALLOW_FILE_STORE (the logger sets it in the
+    process that logs; the test's own MlflowClient reads with it too)."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
 class Raiser(Callback):
     """Raises at the end of epoch ``epoch``: the fit stops as a killed process would."""
 
@@ -79,12 +86,13 @@ def _csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_interrupted_and_resumed_fit_logs_every_step_once(tmp_path, digits):
+def test_interrupted_and_resumed_fit_logs_every_step_once(tmp_path, digits, monkeypatch):
     """TensorBoard, MLflow and CSV loggers on fit: a callback raising at the end of epoch 2 stops
     it with a CallbackError naming it, after the loggers logged epoch 2 but before its
     checkpoint; the checkpoint (end of epoch 1) is intact; the resumed fit's logs hold each
     step and epoch once, matching the history."""
     folder, store = tmp_path / "run", (tmp_path / "mlruns").as_uri()
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # the logger sets it for a file store
 
     def loggers():
         return [
@@ -177,11 +185,10 @@ def test_callback_events_and_refusals(tmp_path, digits):
         pg.fit(model, guide, digits, epochs=1, callbacks=[bad], **FIT)
 
 
-def test_cli_loggers_resume_the_same_series_and_save_the_run_as_artifacts(tmp_path, digits, monkeypatch):
+def test_cli_loggers_resume_the_same_series_and_save_the_run_as_artifacts(tmp_path, digits):
     """run_experiment with loggers stopped at epoch 2 by a callback, then ``genmod train --resume``
     (the loggers come from the checkpoint): one MLflow run, tagged, its metrics once per step,
     the saved run files as artifacts; TensorBoard's step series without repeats."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     folder = tmp_path / "run"
     with pytest.raises(CallbackError, match="Raiser"):
         run_experiment(
@@ -257,8 +264,7 @@ hidden = [16]
 
 
 @pytest.mark.filterwarnings("ignore::pyro_genmod.errors.KhatWarning")  # K=10 is too few for k-hat: not checked here
-def test_bench_grid_is_one_mlflow_experiment_with_a_tagged_run_per_cell(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_bench_grid_is_one_mlflow_experiment_with_a_tagged_run_per_cell(tmp_path):
     config = tmp_path / "tracked.toml"
     config.write_text(BENCH.format(root=tmp_path.as_posix(), logger='["mlflow", "csv"]'))
     rows = run_bench(config, progress=False)
@@ -288,7 +294,7 @@ def test_sigkilled_cli_run_resumes_its_logs_without_repeats(tmp_path):
     history equal to the saved run's."""
     folder = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_ALLOW_FILE_STORE")  # the logger sets it in the run's process
     command = [sys.executable, "-m", "pyro_genmod", "train", "--epochs", "12", "--checkpoint-every", "5",
                "--logger", "tensorboard,mlflow,csv", "--log-every", "5", "--out", str(folder), *CLI]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -317,3 +323,25 @@ def test_sigkilled_cli_run_resumes_its_logs_without_repeats(tmp_path):
     assert _metric_steps(client, run.info.run_id, "epoch/val_elbo") == list(range(1, 13))
     assert _metric_steps(client, run.info.run_id, "step/loss") == list(range(5, 73, 5))
     assert json.loads((folder / "mlflow-run.json").read_text())["run_id"] == run.info.run_id
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_rank_0_logs(tmp_path):
+    """Two gloo processes with ``--logger tensorboard,mlflow,csv``: one event file per series,
+    one MLflow run, each step once (rank 1 runs no callbacks)."""
+    folder = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_ALLOW_FILE_STORE")  # the logger sets it in the run's process
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pyro_genmod"]
+    args = ["train", "--distributed", "--epochs", "2", "--logger", "tensorboard,mlflow,csv", "--log-every", "2",
+            "--out", str(folder), *CLI]  # a global batch of 512: 3 steps per epoch
+    done = subprocess.run(torchrun + args, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for axis in ("step", "epoch"):
+        assert len(list((folder / "tensorboard" / axis).glob("events.out.tfevents.*"))) == 1
+    assert [s for s, _ in _scalars(folder / "tensorboard" / "step")["step/loss"]] == [2, 4, 6]
+    assert [s for s, _ in _scalars(folder / "tensorboard" / "epoch")["epoch/val_elbo"]] == [1, 2]
+    client = MlflowClient(tracking_uri=(folder / "mlruns").as_uri())
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert _metric_steps(client, run.info.run_id, "step/loss") == [2, 4, 6]
+    assert [int(r["epoch"]) for r in _csv_rows(folder / "history.csv")] == [1, 2]
