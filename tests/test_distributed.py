@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DistributedSampler
 
 import pyro_genmod as pg
-from pyro_genmod.distributed import DataParallel
+from pyro_genmod.distributed import DataParallel, parameter_use_may_vary
 
 HERE = Path(__file__).resolve()
 B, STEPS = 16, 5
@@ -183,6 +183,26 @@ def test_noise_that_does_not_correspond_gives_different_parameters():
     pg.fit(model, guide, data, epochs=1, batch_size=2 * B, lr=1e-2, seed=0, progress=False)
     diff = max((with_table[f"model.{k}"] - v).abs().max() for k, v in model.state_dict().items() if v.is_floating_point())
     assert diff > 1e-5
+
+
+def _program(x):
+    """A plain Pyro program: its parameters are found by tracing, its code could branch on x."""
+    n = x.shape[0]
+    probs = pyro.param("probs", lambda: torch.full((x[0].numel(),), 0.5), constraint=pyro.distributions.constraints.unit_interval)
+    with pyro.plate("data", n):
+        z = pyro.sample("z", pyro.distributions.Normal(torch.zeros(n, 1), 1.0).to_event(1))
+        pyro.sample("x", pyro.distributions.Bernoulli(probs * torch.sigmoid(z)).to_event(1), obs=x.reshape(n, -1))
+
+
+def test_ddp_searches_for_unused_parameters_only_where_their_use_can_vary():
+    """find_unused_parameters (a graph walk every step) for Pyro programs and the local guide;
+    the zoo's amortized pairs use every parameter at every step and go without it."""
+    data = _five_step_data()
+    model = pg.create_model("vae", data, latent_dim=2, hidden=[8])
+    assert not parameter_use_may_vary(model, pg.create_guide("mean_field", model, hidden=[8]))
+    assert parameter_use_may_vary(model, pg.create_guide("local", model, hidden=[8]))
+    program = pg.ProgramModel(_program, data)
+    assert list(program.parameters()) and parameter_use_may_vary(program, pg.create_guide("mean_field", program, hidden=[8]))
 
 
 @pytest.mark.parametrize("flag", [True, False])
