@@ -21,7 +21,7 @@ from torch import Tensor
 from pyro_genmod.densities import score_program
 from pyro_genmod.errors import ConfigError
 
-from .base import check_reparameterizable
+from .base import check_reparameterizable, latent_model
 
 __all__ = ["KERNELS", "Draws", "flat_latents", "latent_model", "mmd", "prior_draws", "score_model", "scored_draws"]
 
@@ -41,14 +41,6 @@ class Draws(NamedTuple):
     def negative_elbo(self) -> Tensor:
         """-(log p(x|z) + log p(z) - log q(z|x)) summed over the points, averaged over draws."""
         return -(self.log_likelihood + self.log_prior - self.log_q).sum() / self.z.shape[0]
-
-
-def latent_model(model, name: str):
-    """The model whose ``latent_sites`` an objective reads (through a label-feeding wrapper)."""
-    inner = model if hasattr(model, "latent_sites") else getattr(model, "fn", None)
-    if not hasattr(inner, "latent_sites"):
-        raise ConfigError(f"objective '{name}' needs a model that declares its latent sites")
-    return inner
 
 
 def flat_latents(model, values: dict[str, Tensor], shape: tuple[int, ...]) -> Tensor:

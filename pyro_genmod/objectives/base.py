@@ -24,6 +24,7 @@ __all__ = [
     "PyroELBO",
     "check_reparameterizable",
     "get_objective",
+    "latent_model",
     "list_objectives",
     "parse_objective",
 ]
@@ -31,8 +32,17 @@ __all__ = [
 LossPair = tuple[Tensor, float]
 
 
+def latent_model(model, name: str):
+    """The model whose ``latent_sites`` an objective reads: ``model``, or the model inside the
+    wrapper that feeds it its labels during training (``cvae``, ``m2``)."""
+    inner = model if hasattr(model, "latent_sites") else getattr(model, "fn", None)
+    if not hasattr(inner, "latent_sites"):
+        raise ConfigError(f"objective '{name}' needs a model that declares its latent sites")
+    return inner
+
+
 def check_reparameterizable(model, name: str) -> None:
-    discrete = [site.name for site in model.latent_sites if site.discrete]
+    discrete = [site.name for site in latent_model(model, name).latent_sites if site.discrete]
     if discrete:
         raise ConfigError(
             f"objective '{name}' differentiates through the guide's samples, but latent site "
