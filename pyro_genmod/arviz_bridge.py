@@ -12,6 +12,8 @@ from .errors import ConfigError
 
 __all__ = [
     "psis_khat",
+    "psis_tail_size",
+    "psis_khat_from_tail",
     "khat_reading",
     "mcmc_inference_data",
     "samples_inference_data",
@@ -70,6 +72,36 @@ def psis_khat(log_weights: np.ndarray) -> np.ndarray:
 
             _, khat = array_stats.psislw(-log_weights)
     khat = np.asarray(khat, dtype=np.float64)
+    return np.where(np.isfinite(khat), khat, np.nan)
+
+
+def psis_tail_size(num_samples: int) -> int:
+    """How many of the largest log weights PSIS reads: arviz fits its Pareto tail to the
+    ``ceil(min(K / 5, 3 sqrt(K)))`` largest and cuts at the next one, so k-hat depends on the
+    ``1 +`` that many largest of the K weights only."""
+    return int(np.ceil(min(num_samples / 5.0, 3 * num_samples**0.5))) + 1
+
+
+def psis_khat_from_tail(tails: np.ndarray, num_samples: int) -> np.ndarray:
+    """The k-hat :func:`psis_khat` gives for rows of ``num_samples`` log weights, from only the
+    :func:`psis_tail_size` largest of each row (``tails``, shape ``(points, tail size)``), so
+    scoring with any K never holds K weights per point. It runs arviz 0.x's own per-row PSIS
+    step (``arviz.stats.stats._psislw``) with the cut at the smallest kept weight, where
+    ``psislw`` on the whole row cuts; where that function is absent (arviz 1.x) k-hat is NaN."""
+    tails = np.sort(np.asarray(tails, dtype=np.float64), axis=-1)
+    if num_samples < 5:
+        return np.full(tails.shape[:-1], np.nan)
+    _arviz()  # imported once, quietly
+    try:
+        from arviz.stats.stats import _psislw
+    except ImportError:  # pragma: no cover - arviz 1.x
+        return np.full(tails.shape[:-1], np.nan)
+    cutoffmin = np.log(np.finfo(float).tiny)
+    khat = np.empty(tails.shape[0])
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        for i, row in enumerate(tails):
+            khat[i] = _psislw(row.copy(), 0, cutoffmin, False)[1]
     return np.where(np.isfinite(khat), khat, np.nan)
 
 

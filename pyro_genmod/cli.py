@@ -44,6 +44,30 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    """A seed: an integer in [0, 2**32 - 1] (what pyro.set_rng_seed accepts)."""
+    from .errors import ConfigError
+    from .seeding import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError as error:  # not an integer, or ConfigError: out of range
+        message = str(error) if isinstance(error, ConfigError) else f"expected an integer, got '{text}'"
+        raise argparse.ArgumentTypeError(message.removeprefix("seed ")) from None
+
+
+def _device(text: str) -> str:
+    """A device torch knows and can use here (``cuda`` needs a GPU)."""
+    from .checks import check_device
+    from .errors import ConfigError
+
+    try:
+        check_device(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def _option(text: str) -> tuple[str, object]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
@@ -370,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive_int, default=100)
     train.add_argument("--batch-size", type=_positive_int, default=128)
     train.add_argument("--lr", type=_positive_float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--objective", default="trace_elbo")
     train.add_argument("--num-particles", type=_positive_int, default=1, help="particles per point (K for iwae)")
     train.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE")
@@ -392,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--guide-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra guide option (JSON value)")
     train.add_argument("--data-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra dataset option (JSON value)")
     train.add_argument("--num-samples", "-K", type=_positive_int, default=1000, help="importance samples for the test score")
-    train.add_argument("--device", default=None, help="cpu (default) or cuda")
+    train.add_argument("--device", type=_device, default=None, help="cpu (default) or cuda")
     train.add_argument("--out", default=None, help="run folder (default: runs/MODEL-GUIDE-DATASET-TIME)")
     train.add_argument("--overwrite", action="store_true", help="replace the run files in a non-empty --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -414,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="re-score a saved run's test set")
     evaluate.add_argument("run", help="run folder")
     evaluate.add_argument("--num-samples", "-K", type=_positive_int, default=1000)
-    evaluate.add_argument("--seed", type=int, default=None, help="default: the run's evaluation seed")
+    evaluate.add_argument("--seed", type=_seed, default=None, help="default: the run's evaluation seed")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
     evaluate.add_argument("--allow-changed-data", action="store_true",
@@ -425,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("run", help="run folder")
     sample.add_argument("-n", "--num", type=_positive_int, default=64)
     sample.add_argument("--out", default="samples.png")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=_seed, default=0)
     sample.add_argument("--draws", action="store_true", help="draw x ~ p(x|z) rather than showing E[x|z]")
     sample.add_argument("--overwrite", action="store_true")
     sample.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
@@ -463,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--warmup", type=_positive_int, default=500, help="NUTS warm-up steps per chain")
     diag.add_argument("--draws", type=_positive_int, default=500, help="NUTS draws kept per chain")
     diag.add_argument("--num-samples", "-K", type=_positive_int, default=5000, help="importance samples for k-hat")
-    diag.add_argument("--seed", type=int, default=0)
+    diag.add_argument("--seed", type=_seed, default=0)
     diag.add_argument("--out", default=None, help="output folder (default: RUN/diagnose)")
     diag.add_argument("--overwrite", action="store_true", help="replace the files of an earlier diagnosis in --out")
     diag.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -478,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     gaps.add_argument("--num-samples", "-K", type=_positive_int, default=5000)
     gaps.add_argument("--steps", type=_positive_int, default=500, help="Adam steps of the per-point optimization")
     gaps.add_argument("--lr", type=_positive_float, default=0.05)
-    gaps.add_argument("--seed", type=int, default=0)
+    gaps.add_argument("--seed", type=_seed, default=0)
     gaps.add_argument("--json", action="store_true", help="print the summary as JSON")
     gaps.add_argument("--quiet", action="store_true", help="no progress bar")
     gaps.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")

@@ -25,6 +25,7 @@ from .tasks import encode
 __all__ = ["diagnose", "Diagnosis", "check_continuous", "reference_posterior"]
 
 RHAT_LIMIT = 1.01
+MIN_DRAWS = 4  # split R-hat (pyro.ops.stats.split_gelman_rubin) needs two halves of >= 2 draws per chain
 ESS_PER_CHAIN = 100  # Vehtari et al. (2021) ask for ESS > 100 per chain before trusting R-hat
 
 
@@ -272,6 +273,11 @@ def diagnose(
         ("num_guide_samples", num_guide_samples), ("num_importance", num_importance),
     ):
         check_positive_int(name, value)
+    if num_draws < MIN_DRAWS:
+        raise ConfigError(
+            f"num_draws (--draws) must be at least {MIN_DRAWS}, got {num_draws}: split R-hat and ESS cut "
+            f"each chain's draws in two halves of at least 2 draws each (use several hundred for a reliable reference)"
+        )
     model = as_model(model, x_points)
     guide = as_guide(guide, model, x_points)
     check_continuous(model, "diagnose")

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ._registry import GUIDES, MODELS, _check_options, _declared_parameters
+from .checks import built_within_memory
 from .datasets import Dataset
 from .errors import ConfigError, PairingError
 from .latents import check_pair
@@ -107,8 +108,10 @@ def create_model(name: str, data, **kwargs):
     kwargs = _check_options(cls, "model", name, kwargs, skip=1)
     if "likelihood" not in kwargs and (chosen := likelihood_for(name, data)) is not None:
         kwargs["likelihood"] = chosen[0]
-    try:
-        model = cls(shape, **kwargs)
+    try:  # its parameters are counted on the meta device first: too many for the memory are refused
+        model = built_within_memory(lambda: cls(shape, **kwargs), f"model '{name}'", "choose smaller model options")
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model '{name}': {error}") from None
     model.init_kwargs = dict(kwargs)

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .checks import check_positive_int
+from .checks import as_points, check_positive_int
 from .diagnose import check_continuous
 from .errors import ConfigError
 from .importance import log_likelihood
 from .latents import check_pair
 from .programs import as_guide, as_model
+from .seeding import check_seed
 
-__all__ = ["inference_gaps", "InferenceGaps"]
+__all__ = ["InferenceGaps", "inference_gaps"]
 
 
 def _has_local_family(guide) -> bool:
@@ -113,7 +114,8 @@ def inference_gaps(
 
     Arguments:
         model, guide: a trained pair with continuous latent sites; not a point-estimate guide.
-        x: the points, shape ``(N, *model.data_shape)``.
+        x: the points, shape ``(N, *model.data_shape)``; a tensor or array of another real dtype
+            is converted to torch's default float dtype (:func:`~pyro_genmod.checks.as_points`).
         num_samples: K for log p(x) and the ELBOs (5000 as in Burda et al.'s protocol).
         steps, lr, num_particles: the per-point optimization (see :meth:`~pyro_genmod.guides.local.LocalGuide.refine`).
         seed: seeds every draw.
@@ -129,6 +131,8 @@ def inference_gaps(
         >>> gaps.approximation.shape
         torch.Size([3])
     """
+    x = as_points(x)  # float64 or integer points are converted (as_points' rule)
+    check_seed(seed)
     model = as_model(model, x)
     guide = as_guide(guide, model, x)
     check_positive_int("the number of importance samples K", num_samples)

@@ -20,14 +20,16 @@ import numpy as np
 import torch
 from pyro import poutine
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from .arviz_bridge import psis_khat
+from .arviz_bridge import psis_khat, psis_khat_from_tail, psis_tail_size
+from .checks import as_points, check_positive_int
 from .densities import log_densities
 from .errors import ConfigError, KhatWarning
 from .estimates import LogLikelihood, khat_nan_message
 from .latents import check_pair
 from .programs import as_guide, as_model
-from .seeding import seeded
+from .seeding import check_seed, seeded
 
 __all__ = ["log_importance_weights", "log_likelihood", "LogLikelihood", "score", "khat_nan_message"]
 
@@ -43,6 +45,25 @@ def log_importance_weights(model, guide, x: Tensor, num_particles: int) -> Tenso
     return (log_p - log_q).expand(num_particles, x.shape[0])
 
 
+def _stream(model, guide, x: Tensor, num_samples: int, per_chunk: int, khat: bool, bar):
+    """Draw ``num_samples`` log weights for the points ``x`` in chunks of ``per_chunk``, keeping
+    only their log-sum-exp, their mean (accumulated in float64) and, with ``khat``, the
+    :func:`psis_tail_size` largest per point; returns the three, shapes ``(N,)``, ``(N,)`` and
+    ``(tail, N)``."""
+    keep = psis_tail_size(num_samples) if khat else 0
+    total = mean = tail = None
+    for k in range(0, num_samples, per_chunk):
+        log_w = log_importance_weights(model, guide, x, min(per_chunk, num_samples - k))
+        part = torch.logsumexp(log_w.double(), dim=0)
+        total = part if total is None else torch.logaddexp(total, part)
+        mean = log_w.double().sum(dim=0) if mean is None else mean + log_w.double().sum(dim=0)
+        if keep:
+            pool = log_w if tail is None else torch.cat([tail, log_w])
+            tail = pool.topk(min(keep, pool.shape[0]), dim=0).values
+        bar.update(x.shape[0] * log_w.shape[0])
+    return total.float(), (mean / num_samples).float(), tail
+
+
 def log_likelihood(
     model,
     guide,
@@ -55,6 +76,7 @@ def log_likelihood(
     method: str = "is",
     num_steps: int = 100,
     leapfrog_steps: int = 5,
+    progress: bool | None = None,
 ) -> LogLikelihood:
     """Importance-sampled log p(x) per data point, with ``guide`` as the proposal.
 
@@ -64,8 +86,10 @@ def log_likelihood(
     standard error across chains and the acceptance rate.
 
     The K particles are a plate dimension, not a Python loop. Work is chunked so that at most
-    ``max_rows`` (point, particle) pairs pass through the decoder at once, keeping memory
-    bounded for K up to 5000 and beyond.
+    ``max_rows`` (point, particle) pairs pass through the decoder at once. With K above
+    ``max_rows`` each point's draws are streamed: only a running log-sum-exp and sum and, for
+    k-hat, the ``ceil(min(K/5, 3 sqrt(K))) + 1`` largest log weights (all that PSIS reads) are
+    kept, so memory stays bounded for any K (1e8 holds about 30,000 weights per point).
 
     Arguments:
         model: a :class:`GenerativeModel`.
@@ -75,6 +99,9 @@ def log_likelihood(
         max_rows: largest number of (point, particle) rows decoded at once.
         seed: seeds the draws (the global RNG is left untouched) for reproducible scores;
             ``None`` draws fresh noise from the global generator (see :mod:`pyro_genmod.seeding`).
+        progress: a tqdm bar counting the draws; ``None`` (the default): for long jobs (10
+            million draws or more) when stderr is a terminal, so ``genmod evaluate -K 100000000``
+            shows its progress.
         khat: compute the PSIS k-hat with ArviZ. Points whose k-hat comes out NaN (K below
             about 25 leaves no tail to fit) are counted in ``khat_nan``, and a
             :class:`~pyro_genmod.errors.KhatWarning` says how many.
@@ -87,10 +114,9 @@ def log_likelihood(
         >>> ll.per_point.shape
         torch.Size([5])
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"the number of importance samples K must be a positive integer, got {num_samples}")
-    if not isinstance(max_rows, int) or max_rows < 1:
-        raise ConfigError(f"max_rows must be a positive integer, got {max_rows}")
+    check_positive_int("the number of importance samples K", num_samples)  # True is not a K
+    check_positive_int("max_rows", max_rows)
+    check_seed(seed)
     if method not in ("is", "ais"):
         raise ConfigError(f"unknown scoring method {method!r}; use 'is' (importance sampling) or 'ais'")
     if method == "ais":
@@ -100,6 +126,7 @@ def log_likelihood(
             model, guide, x, num_samples, num_steps, leapfrog_steps=leapfrog_steps,
             max_rows=min(max_rows, 8192), seed=seed, khat=khat,
         )
+    x = as_points(x)  # float64 or integer points are converted (as_points' rule)
     model = as_model(model, x)
     guide = as_guide(guide, model, x)
     if not getattr(model, "has_log_likelihood", True):
@@ -120,20 +147,27 @@ def log_likelihood(
     particles_per_chunk = min(num_samples, max_rows)
     points_per_chunk = max(1, max_rows // particles_per_chunk)
     estimates, elbos, khats = [], [], []
-    with seeded(seed):
-        with torch.no_grad(), poutine.block():
-            for start in range(0, x.shape[0], points_per_chunk):
-                chunk = x[start : start + points_per_chunk].to(device)
-                log_w = torch.cat(
-                    [
-                        log_importance_weights(model, guide, chunk, min(particles_per_chunk, num_samples - k))
-                        for k in range(0, num_samples, particles_per_chunk)
-                    ]
-                )
+    draws = x.shape[0] * num_samples
+    quiet = not progress if progress is not None else (None if draws >= 10**7 else True)  # None: on a terminal
+    bar = tqdm(total=draws, unit="draw", unit_scale=True, desc="scoring", leave=False, disable=quiet)
+    with seeded(seed), bar, torch.no_grad(), poutine.block():
+        for start in range(0, x.shape[0], points_per_chunk):
+            chunk = x[start : start + points_per_chunk].to(device)
+            if particles_per_chunk == num_samples:  # all K draws of these points at once
+                log_w = log_importance_weights(model, guide, chunk, num_samples)
                 estimates.append(torch.logsumexp(log_w, dim=0) - math.log(num_samples))
                 elbos.append(log_w.mean(dim=0))
                 if khat:
                     khats.append(psis_khat(log_w.T.double().cpu().numpy()))
+                bar.update(chunk.shape[0] * num_samples)
+                continue
+            # K > max_rows: one point, its draws streamed in chunks of max_rows; memory stays
+            # bounded for any K (the running log-sum-exp and sum, and the PSIS tail).
+            total, mean, tail = _stream(model, guide, chunk, num_samples, particles_per_chunk, khat, bar)
+            estimates.append(total - math.log(num_samples))
+            elbos.append(mean)
+            if khat:
+                khats.append(psis_khat_from_tail(tail.T.cpu().numpy(), num_samples))
     per_point = torch.cat(estimates).cpu()
     result = LogLikelihood(
         per_point=per_point,

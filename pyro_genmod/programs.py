@@ -49,7 +49,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
 
-from .checks import check_points
+from .checks import check_points, check_roles
 from .errors import ConfigError, DataError, PairingError
 from .latents import LatentSite, check_pair
 from .seeding import seeded
@@ -454,7 +454,9 @@ def _store(table, fn, extra, wrapper):
 
 def as_model(model, data=None, data_plate: str | None = None):
     """The library's model for ``model``: itself if it is one, else the :class:`ProgramModel` of a
-    Pyro program (traced on ``data`` the first time; the same wrapper for the same program after)."""
+    Pyro program (traced on ``data`` the first time; the same wrapper for the same program after).
+    A guide passed as the model (arguments swapped) is refused with a :class:`ConfigError`."""
+    check_roles(model=model)
     if not is_program(model):
         if not callable(model) or isinstance(model, Tensor):
             raise ConfigError(f"a model must be a Pyro program called as model(x), got {type(model).__name__}")
@@ -479,7 +481,9 @@ def as_model(model, data=None, data_plate: str | None = None):
 
 def as_guide(guide, model=None, data=None):
     """The library's guide for ``guide``: itself if it is one, else the :class:`ProgramGuide` of a
-    Pyro guide program for ``model`` (without ``model``: the one built before for this program)."""
+    Pyro guide program for ``model`` (without ``model``: the one built before for this program).
+    A model passed as the guide (arguments swapped) is refused with a :class:`ConfigError`."""
+    check_roles(guide=guide)
     if not is_program(guide):
         if not callable(guide) or isinstance(guide, Tensor):
             raise ConfigError(f"a guide must be a Pyro program called as guide(x), got {type(guide).__name__}")

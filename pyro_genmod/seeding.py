@@ -13,7 +13,21 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-__all__ = ["seeded", "forked_rng"]
+from .errors import ConfigError
+
+__all__ = ["MAX_SEED", "check_seed", "forked_rng", "seeded"]
+
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds numpy's legacy generator, which takes 32 bits
+
+
+def check_seed(seed, name: str = "seed"):
+    """``seed`` if it is ``None`` or an ``int`` in [0, 2**32 - 1] (what ``pyro.set_rng_seed``, and so
+    numpy's legacy generator, accepts), else :class:`ConfigError`."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{name} must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
+    return seed
 
 
 def _cuda_devices() -> list[int]:
@@ -31,7 +45,9 @@ def forked_rng():
 @contextmanager
 def seeded(seed: int | None):
     """Draw from a stream seeded with ``seed`` and restore the global generators afterwards;
-    ``seed=None`` draws from the global generators (fresh noise, advancing them)."""
+    ``seed=None`` draws from the global generators (fresh noise, advancing them). A seed outside
+    [0, 2**32 - 1] is refused with a :class:`~pyro_genmod.errors.ConfigError`."""
+    check_seed(seed)
     if seed is None:
         with nullcontext():
             yield

@@ -7,13 +7,13 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from .checks import check_positive_int
+from .checks import as_points, check_points, check_positive_int
 from .datasets.base import Dataset
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .programs import as_guide, as_model
-from .seeding import seeded
+from .seeding import check_seed, seeded
 
-__all__ = ["sample", "encode", "sampled_dataset"]
+__all__ = ["encode", "sample", "sampled_dataset"]
 
 
 def sample(
@@ -26,6 +26,7 @@ def sample(
     For a label-using model (``cvae``, ``m2``), ``y`` (shape ``(n,)``) asks for those classes.
     """
     check_positive_int("the number of samples", num_samples)
+    check_seed(seed)
     model = as_model(model)
     if getattr(model, "is_program", False):
         if y is not None:
@@ -55,10 +56,29 @@ def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int 
     C class probabilities q(k|x). With ``num_samples=S`` return S posterior draws instead, shape
     ``(S, N, D)``, discrete sites as their sampled class index. Where a family has no
     closed-form mean (flows, transformed supports) the mean is estimated from ``mc_samples``
-    draws.
+    draws. A guide that defines ``representation(x)`` returns its own, documented there
+    (``forward_process``: the diffusion model's DDIM latent, shape ``(N, D)``).
+
+    ``x`` is a tensor (or numpy array) of points of the guide's point shape, converted to
+    torch's default float dtype (see :func:`~pyro_genmod.checks.as_points`); a list, an empty
+    batch, NaN or inf values, or points of another shape are refused with a :class:`DataError`.
     """
     guide = as_guide(guide)
+    x = as_points(x)
+    name, shape = getattr(guide, "registry_name", type(guide).__name__), getattr(guide, "data_shape", None)
+    if shape is not None and x.ndim >= 1 and tuple(x.shape[1:]) != tuple(shape):
+        raise DataError(
+            f"x has point shape {tuple(x.shape[1:])} but guide '{name}' was built for points of shape "
+            f"{tuple(shape)}; pass a batch of such points, shape (N, {', '.join(map(str, shape))})"
+        )
+    check_points(x, tuple(x.shape[1:]), name, "x")
+    if num_samples is not None:
+        check_positive_int("num_samples", num_samples)
+    check_positive_int("mc_samples", mc_samples)
     n = x.shape[0]
+    if num_samples is None and callable(getattr(guide, "representation", None)):
+        with torch.no_grad():  # a guide's own documented representation (forward_process: the DDIM latent)
+            return guide.representation(x)
 
     def draws(count: int, one_hot: bool = False) -> Tensor:
         with torch.no_grad(), poutine.block(), pyro.plate("particles", count, dim=-2):
@@ -74,7 +94,6 @@ def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int 
         return torch.cat(parts, dim=-1)
 
     if num_samples is not None:
-        check_positive_int("num_samples", num_samples)
         return draws(num_samples)
     try:
         with torch.no_grad():

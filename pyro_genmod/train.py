@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .annealing import KLSchedule
 from .callbacks import Callback, CallbackList, EpochEnd, FitEnd, FitStart, StepEnd
 from .checkpoint import Checkpointer
-from .checks import check_positive_int
+from .checks import check_device, check_positive_int, check_training_memory
 from .datasets import Dataset
 from .densities import log_densities
 from .distributed import DataParallel, LossModule, parameter_use_may_vary
@@ -37,7 +37,7 @@ from .optim import (
     step_schedule,
 )
 from .programs import as_guide, as_model
-from .seeding import seeded
+from .seeding import check_seed, seeded
 
 __all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int", "as_training_data"]
 
@@ -213,6 +213,7 @@ class _Fit:
         check_positive_int("epochs", epochs)
         check_positive_int("batch_size", batch_size)
         check_positive_int("num_particles", num_particles)
+        check_seed(seed)
         if early_stopping is not None:
             check_positive_int("early_stopping", early_stopping)
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -225,9 +226,10 @@ class _Fit:
         self.ddp = ddp = DataParallel.current() if distributed else None
         if device is None and ddp is not None and ddp.device.type == "cuda":
             device = ddp.device  # under NCCL each rank trains on its own GPU
-        device = torch.device(device) if device is not None else next(
+        device = check_device(device) if device is not None else next(
             (p.device for p in model.parameters()), torch.device("cpu")
         )
+        check_training_memory(model, guide, min(batch_size, data.train.shape[0]), num_particles, device)
         model.to(device)
         guide.to(device)
         self.model, self.guide, self.data, self.device = model, guide, data, device

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pyro_genmod._registry import register_dataset
-from pyro_genmod.errors import DataError
+from pyro_genmod.errors import ConfigError, DataError
 
 from .base import Dataset, split_and_binarize
 
@@ -29,8 +30,70 @@ __all__ = ["array_file", "read_array", "file_sha256"]
 _SUFFIXES = (".npy", ".npz", ".csv")
 
 
+def _check_npy_header(handle, available: int, where: str) -> None:
+    """Read the ``.npy`` header at ``handle`` (numpy's own format reader) and refuse, before any
+    array is allocated, a dtype that holds Python objects or a shape whose bytes the file does
+    not hold (a header claiming 10**9 rows in a small file)."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = header(handle)
+    except ValueError as error:
+        raise DataError(f"cannot read data file {where}: {str(error).splitlines()[0]}") from None
+    if dtype.hasobject:
+        raise DataError(
+            f"cannot read data file {where}: it holds Python objects, which would need unpickling; save a numeric array"
+        )
+    need = math.prod(shape) * dtype.itemsize
+    have = available - handle.tell()
+    if need > have:
+        raise DataError(
+            f"data file {where} is truncated or its header is wrong: the header claims shape {shape} of "
+            f"{dtype} ({need:,} bytes) but the file holds {max(have, 0):,} bytes of data; write it again with numpy.save"
+        )
+
+
+def _check_stored_sizes(path: Path) -> None:
+    """:func:`_check_npy_header` for a ``.npy`` file, or the array ``x`` of an ``.npz``."""
+    if path.suffix.lower() == ".npy":
+        with open(path, "rb") as handle:
+            _check_npy_header(handle, path.stat().st_size, f"'{path}'")
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "x.npy" not in archive.namelist():
+                return  # np.load reports what is missing
+            with archive.open("x.npy") as handle:
+                _check_npy_header(handle, archive.getinfo("x.npy").file_size, f"'{path}' (array 'x')")
+    except zipfile.BadZipFile:
+        return  # not a zip archive: np.load says what it is (a pickle is refused there)
+
+
+def _real(x: np.ndarray, path: Path) -> np.ndarray:
+    """``x`` as an array of real numbers in native byte order. The rule: booleans, integers and
+    floats are kept, big-endian ones converted to native order, and floats wider than 64 bits
+    (float128) converted to float64; timedelta, datetime, complex, text and object arrays are
+    refused."""
+    kind = x.dtype.kind
+    if kind not in "biuf":
+        what = {"m": "timedelta", "M": "datetime", "c": "complex", "U": "text", "S": "bytes", "O": "object"}
+        raise DataError(
+            f"data file '{path}' holds {x.dtype} ({what.get(kind, 'non-numeric')}) values; it needs real "
+            f"numbers (integers or floats): convert them before saving, e.g. x.astype('float64')"
+        )
+    if kind == "f" and x.dtype.itemsize > 8:
+        with np.errstate(over="ignore"):  # a value beyond float64's range becomes inf: refused below
+            return x.astype(np.float64)
+    if not x.dtype.isnative:
+        return x.astype(x.dtype.newbyteorder("="))
+    return x
+
+
 def read_array(path: str | Path) -> np.ndarray:
-    """The 2-D (or higher) float array in ``path``; ``DataError`` naming the problem if not."""
+    """The 2-D (or higher) array of real numbers in ``path``, in native byte order (see
+    :func:`_real` for the dtype rule); ``DataError`` naming the problem if not. A CSV may start
+    with a UTF-8 byte-order mark. A ``.npy`` header is checked against the file's size before
+    the array is read, so a header claiming more rows than the file holds allocates nothing."""
     path = Path(path)
     if path.suffix.lower() not in _SUFFIXES:
         raise DataError(f"data file '{path}' must end in {', '.join(_SUFFIXES)}")
@@ -40,23 +103,25 @@ def read_array(path: str | Path) -> np.ndarray:
         if path.suffix.lower() == ".csv":
             with warnings.catch_warnings():  # an empty file is reported below, not warned about
                 warnings.simplefilter("ignore", UserWarning)
-                x = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+                x = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, encoding="utf-8-sig")
         else:
+            _check_stored_sizes(path)
             x = np.load(path, allow_pickle=False)
             if isinstance(x, np.lib.npyio.NpzFile):
                 with x:
                     if "x" not in x.files:
                         raise DataError(f"data file '{path}' has no array named 'x' (it has {', '.join(x.files) or 'none'})")
                     x = x["x"]
+    except DataError:
+        raise
     except ValueError as error:  # non-numeric CSV cells, object (pickled) arrays, bad headers
         first = str(error).splitlines()[0]
         if "allow_pickle" in first:
             first = "it holds Python objects, which would need unpickling; save a numeric array"
         raise DataError(f"cannot read data file '{path}': {first}") from None
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"cannot read data file '{path}': {error}") from None
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise DataError(f"data file '{path}' holds {x.dtype} values; it needs real numbers")
+    x = _real(x, path)
     if x.ndim < 2 or x.shape[0] == 0:
         raise DataError(f"data file '{path}' is empty or not one row per point (shape {x.shape})")
     bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
@@ -79,7 +144,7 @@ def file_sha256(path: str | Path) -> str:
 
 @register_dataset("file")
 def array_file(
-    path: str,
+    path: str | None = None,
     shape: list[int] | None = None,
     binarize: bool = False,
     val_fraction: float = 0.1,
@@ -91,7 +156,7 @@ def array_file(
     """Your own data from a ``.npy``, ``.npz`` (array ``x``) or ``.csv`` file, one row per point.
 
     Arguments:
-        path: the file.
+        path: the file (required).
         shape: the shape of one point, for example ``[1, 28, 28]``; default: as stored.
         binarize: treat the values as intensities in [0, 1] and redraw Bernoulli pixels each
             time a training point is used (validation and test are drawn once).
@@ -104,6 +169,13 @@ def array_file(
 
     The options the dataset records hold the absolute path and the content's SHA-256.
     """
+    if path is None or path == "":
+        raise ConfigError(
+            "dataset 'file' needs the path of a .npy, .npz or .csv file: --data-opt path=FILE "
+            "(in Python: load_dataset('file', path=...))"
+        )
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"dataset 'file': path must be a file name, got {path!r}")
     path = Path(path).expanduser().absolute()
     x = read_array(path)
     digest = file_sha256(path)
