@@ -38,6 +38,11 @@ class GenerativeModel(nn.Module):
     ``default_guide`` names the guide used when none is chosen (``genmod train`` without
     ``--guide``, ``run_experiment(..., guide_name=None)``): a model that needs its own inference
     network (``m2``) names it; ``None`` means the library's default, ``mean_field``.
+    ``default_objective`` likewise names the objective ``fit`` uses when none is chosen
+    (``diffusion_elbo`` for ``diffusion``; ``None``: ``trace_elbo``). ``supported_guides``
+    restricts the registered guides that pair with the model (``None``: any guide that covers
+    its latent sites); :meth:`guide_problem` says why another one does not, which
+    ``create_guide`` and ``genmod list --pairs`` report.
     """
 
     registry_name = "model"
@@ -49,6 +54,8 @@ class GenerativeModel(nn.Module):
     num_classes = 0
     has_log_likelihood = True
     default_guide: str | None = None
+    default_objective: str | None = None
+    supported_guides: tuple[str, ...] | None = None
 
     def __init__(self, data_shape: tuple[int, ...]):
         super().__init__()
@@ -89,6 +96,13 @@ class GenerativeModel(nn.Module):
         """log p(x | z) per data point: ``likelihood(latents).log_prob(x)``. A model may compute
         it without building the distribution; the trace-free training step calls it."""
         return self.likelihood(latents).log_prob(x)
+
+    def guide_problem(self, guide_name: str) -> str | None:
+        """Why the registered guide ``guide_name`` does not pair with this model by the model's own
+        declaration (``supported_guides``), or ``None``; the guide may still refuse its sites."""
+        if self.supported_guides is None or guide_name in self.supported_guides:
+            return None
+        return f"model '{self.registry_name}' pairs only with the guide(s) {', '.join(self.supported_guides)}"
 
     def validate_labels(self, y: Tensor, num: int, what: str = "labels") -> None:
         """Raise :class:`DataError` unless ``y`` holds ``num`` class indices (-1: unknown, where allowed)."""

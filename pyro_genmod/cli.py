@@ -94,6 +94,12 @@ def _print_scores(metrics: dict, stream=None) -> None:
         f"+/- {_fmt(metrics['test_log_likelihood_stderr'])} nats per point{note}",
         file=stream,
     )
+    if metrics.get("test_bits_per_dim") is not None:  # image data
+        print(
+            f"-log p(x), bits per dim  : {_fmt(metrics['test_bits_per_dim'], 4)} (IS), "
+            f"{_fmt(metrics['test_elbo_bits_per_dim'], 4)} (ELBO, a bound)",
+            file=stream,
+        )
     nan = metrics.get("khat_nan") or 0.0  # runs saved before it was recorded have none
     unknown = (
         f", {100 * nan:.1f}% with NaN k-hat (reliability unknown: K={k} is too few to fit it; use -K 100 or more)"
@@ -395,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, default=128)
     train.add_argument("--lr", type=_positive_float, default=1e-3)
     train.add_argument("--seed", type=_seed, default=0)
-    train.add_argument("--objective", default="trace_elbo")
+    train.add_argument("--objective", default=None, help="default: the model's own (diffusion_elbo for diffusion), else trace_elbo")
     train.add_argument("--num-particles", type=_positive_int, default=1, help="particles per point (K for iwae)")
     train.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE")
     train.add_argument("--beta", type=float, default=1.0, help="weight of the KL terms (beta-VAE; default 1)")

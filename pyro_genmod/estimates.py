@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-__all__ = ["LogLikelihood", "khat_nan_message"]
+__all__ = ["LogLikelihood", "bits_per_dim", "khat_nan_message"]
 
 
 @dataclass
@@ -104,3 +104,11 @@ def khat_nan_message(count: int, total: int, num_samples: int) -> str:
         f"estimates is unknown (K={num_samples} importance samples are too few to fit a Pareto tail, "
         f"or the weights are degenerate); score with K >= 100 to get k-hat"
     )
+
+
+def bits_per_dim(log_likelihood: float, num_dims: int) -> float:
+    """-log p(x) in bits per data dimension: -log_likelihood / (num_dims ln 2), the unit image
+    likelihoods are reported in (Kingma et al. 2021). For discrete pixels (binarized, or a
+    discretized likelihood) it is the code length; for a density over continuous values it has
+    no dequantization offset, so compare it only with the same data."""
+    return -float(log_likelihood) / (int(num_dims) * math.log(2.0))

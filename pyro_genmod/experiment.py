@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pyro
@@ -10,6 +11,7 @@ from .checkpoint import Checkpointer
 from .data import Dataset
 from .distributed import is_main_process
 from .errors import ConfigError, DataError, GenmodError, RunFolderError, TrainingDiverged
+from .estimates import bits_per_dim
 from .factories import create_guide, create_model, default_guide
 from .importance import LogLikelihood, score
 from .runs import check_trusted, resume_folder, run_dataset_options, save_run, take_run_folder
@@ -19,10 +21,18 @@ from .train import FitResult, check_positive_int, fit
 __all__ = ["score", "run_experiment", "resume_experiment"]
 
 
-def score_metrics(ll: LogLikelihood, proposal: str) -> dict:
-    """The test-set scores as stored in ``metrics.json``."""
+def score_metrics(ll: LogLikelihood, proposal: str, image_shape: tuple[int, ...] | None = None) -> dict:
+    """The test-set scores as stored in ``metrics.json``; for image data (``image_shape``, the
+    shape of one image) also the IS estimate and the ELBO in bits per dimension."""
     summary = ll.summary()
+    if image_shape is not None:
+        dims = math.prod(image_shape)
+        bits = {"test_bits_per_dim": bits_per_dim(summary["log_likelihood"], dims),
+                "test_elbo_bits_per_dim": bits_per_dim(summary["elbo"], dims)}
+    else:
+        bits = {}
     return {
+        **bits,
         "test_elbo": summary["elbo"],
         "test_log_likelihood": summary["log_likelihood"],
         "test_log_likelihood_stderr": summary["log_likelihood_stderr"],
@@ -36,9 +46,9 @@ def score_metrics(ll: LogLikelihood, proposal: str) -> dict:
     }
 
 
-def metrics_of(ll: LogLikelihood, proposal: str, result: FitResult) -> dict:
+def metrics_of(ll: LogLikelihood, proposal: str, result: FitResult, image_shape: tuple[int, ...] | None = None) -> dict:
     return {
-        **score_metrics(ll, proposal),
+        **score_metrics(ll, proposal, image_shape),
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,
         "train_seconds": result.train_seconds,
@@ -169,7 +179,7 @@ def _fit_score_save_tracked(model, guide, data, folder, taken, created, main, re
             raise diverged
         return {}, result, None
     ll, proposal = score(model, guide, data.test, num_samples, seed=eval_seed)
-    metrics = metrics_of(ll, proposal, result)
+    metrics = metrics_of(ll, proposal, result, data.shape if data.is_image else None)
     if folder is not None:
         config = {
             "training": result.options,

@@ -29,7 +29,7 @@ def default_guide(model_name: str) -> str:
 
 def fitting_guides(model) -> list[str]:
     """Names of the registered guides that can be built for ``model``."""
-    return [name for name in GUIDES.names() if GUIDES.lookup(name).unsupported_reason(model) is None]
+    return [name for name in GUIDES.names() if pairing_problem(name, model) is None]
 
 
 def _binary(x) -> bool:
@@ -121,7 +121,8 @@ def create_model(name: str, data, **kwargs):
 def pairing_problem(guide_name: str, model) -> str | None:
     """Why guide ``guide_name`` cannot be built for ``model``, or ``None`` when it can."""
     cls = GUIDES.lookup(guide_name)
-    return cls.unsupported_reason(model)
+    declared = getattr(model, "guide_problem", None)  # the model's own restriction (supported_guides)
+    return (declared(guide_name) if callable(declared) else None) or cls.unsupported_reason(model)
 
 
 def create_guide(name: str, model, data=None, **kwargs):
@@ -136,7 +137,7 @@ def create_guide(name: str, model, data=None, **kwargs):
     if is_source(name):
         return guide_from_source(name, model, data, **kwargs)
     cls = GUIDES.lookup(name)
-    reason = cls.unsupported_reason(model)
+    reason = pairing_problem(name, model)
     if reason is not None:
         model_name = getattr(model, "registry_name", type(model).__name__)
         fitting = fitting_guides(model)

@@ -104,7 +104,7 @@ def fit(
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
-    objective: str = "trace_elbo",
+    objective: str | None = None,
     num_particles: int = 1,
     early_stopping: int | None = None,
     progress: bool = True,
@@ -143,8 +143,10 @@ def fit(
         lr: Adam learning rate.
         seed: seeds minibatch order, binarization and latent noise.
         objective: ``trace_elbo``, ``tracemeanfield_elbo``, ``traceenum_elbo``,
-            ``tracegraph_elbo``, ``iwae`` or ``iwae_dreg`` (IWAE with the doubly
-            reparameterized guide gradient).
+            ``tracegraph_elbo``, ``iwae``, ``iwae_dreg`` (IWAE with the doubly
+            reparameterized guide gradient) or ``diffusion_elbo``; ``None`` (the default) takes
+            the model's ``default_objective`` (``diffusion_elbo`` for ``diffusion``), else
+            ``trace_elbo``.
         num_particles: particles per point (K for ``iwae`` and ``iwae_dreg``).
         early_stopping: stop when the validation ELBO has not improved for this many epochs,
             and restore the best parameters.
@@ -220,6 +222,8 @@ class _Fit:
             raise ConfigError(f"the learning rate must be a positive number, got {lr!r}")
         self.clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
         check_pair(model, guide)
+        if objective is None:
+            objective = getattr(model, "default_objective", None) or "trace_elbo"
         self.loss_fn = get_objective(objective, num_particles)
         _check_data(model, data)
 
