@@ -5,7 +5,7 @@
     python -m benchmarks.distributed --part grid
 
 **DDP.** ``torchrun --standalone --nproc_per_node=2`` starts two gloo workers. Each builds the
-same fit (VAE with a mean-field guide on ``digits``) three times and trains them in
+same fit (VAE with a mean-field guide on ``digits``) once per variant and trains them in
 interleaved blocks of steps (:func:`benchmarks.perf.interleaved`: every round runs every
 variant, in rotated order, and the ratio is taken within the round):
 
@@ -15,7 +15,10 @@ variant, in rotated order, and the ratio is taken within the round):
 - ``ddp``: ``_Fit.step`` as the library runs it, through DistributedDataParallel (gradients
   bucketed and all-reduced while the backward pass runs);
 - ``ddp + find_unused_parameters``: the same with DDP's search for unused parameters, which
-  the library turns on for Pyro programs and the ``local`` guide.
+  the library turns on for Pyro programs and the ``local`` guide;
+- two other DDP settings, to show where DDP's time goes: DDP's default broadcast of the
+  buffers before every forward (which the library skips where the buffers are constants, as
+  here), and ``gradient_as_bucket_view=True``.
 
 Every variant takes the same work per step (same model, batch size and data), and every step
 is a collective, so the two ranks run in lockstep; rank 0 reports steps per second.
@@ -95,30 +98,43 @@ def _endless(run):
 
 
 def ddp_worker(args) -> None:
-    """One torchrun worker: three fits, trained in interleaved blocks; rank 0 prints JSON."""
+    """One torchrun worker: one fit per variant, trained in interleaved blocks; rank 0 prints JSON."""
     import pyro
     import torch
 
     import pyro_genmod as pg
     from benchmarks.perf import interleaved
-    from pyro_genmod import train
+    from pyro_genmod import distributed, train
     from pyro_genmod.distributed import DataParallel, init_distributed
 
     torch.set_num_threads(1)
     ddp = init_distributed("gloo")
     data = pg.load_dataset("digits")
 
-    def make(find_unused: bool | None):
-        """A fit through DDP, with or without the unused-parameter search; ``None``: no DDP at all
-        (the hand-written baseline; every rank builds the same parameters from seed 0)."""
+    original_wrap = DataParallel.wrap
+
+    def make(variant: str):
+        """The fit of one variant (every rank builds the same parameters from seed 0):
+        ``hand-written`` without DDP; ``ddp`` as the library builds it for this pair (no search for
+        unused parameters, buffers broadcast once); ``ddp + find_unused_parameters`` with the
+        search forced on; ``ddp + buffers broadcast every step`` with DDP's default broadcast of
+        the buffers before every forward; ``ddp + gradient_as_bucket_view`` with the gradients
+        stored in DDP's buckets."""
         pyro.set_rng_seed(0)
         model = pg.create_model("vae", data, latent_dim=args.latent_dim, hidden=args.hidden)
         guide = pg.create_guide("mean_field", model, hidden=args.hidden)
-        saved = train.parameter_use_may_vary, DataParallel.wrap
-        if find_unused is None:
-            DataParallel.wrap = lambda self, module, find_unused_parameters=False: module
-        else:
-            train.parameter_use_may_vary = lambda model, guide: find_unused
+        saved = distributed.parameter_use_may_vary, DataParallel.wrap
+        if variant == "hand-written":
+            DataParallel.wrap = lambda self, module: module
+        elif variant == "ddp + find_unused_parameters":
+            distributed.parameter_use_may_vary = lambda model, guide: True
+        elif variant == "ddp + gradient_as_bucket_view":
+            def wrap(self, module):
+                module.scale = float(self.world_size)
+                wrapped = torch.nn.parallel.DistributedDataParallel(module, gradient_as_bucket_view=True)
+                wrapped.broadcast_buffers = False
+                return wrapped
+            DataParallel.wrap = wrap
         try:
             run = train._Fit(
                 model, guide, data, epochs=10**6, batch_size=args.batch_size, lr=1e-3, seed=0,
@@ -127,26 +143,39 @@ def ddp_worker(args) -> None:
                 lr_schedule=None, lr_schedule_options=None, clip_grad_norm=None,
             )
         finally:
-            train.parameter_use_may_vary, DataParallel.wrap = saved
-        return run, _endless(run)
+            distributed.parameter_use_may_vary, DataParallel.wrap = saved
+        if variant == "ddp + buffers broadcast every step":
+            run.objective.broadcast_buffers = True  # DDP's default
+        elif variant != "hand-written":
+            assert run.objective.broadcast_buffers is False and run.objective.find_unused_parameters is (
+                variant == "ddp + find_unused_parameters")
+        return run
 
-    (hand, hand_steps), (plain, plain_steps), (search, search_steps) = make(None), make(False), make(True)
-    fns = {
-        "hand-written": lambda: hand_written_step(hand, *next(hand_steps)),
-        "ddp": lambda: plain.step(*next(plain_steps)),
-        "ddp + find_unused_parameters": lambda: search.step(*next(search_steps)),
-    }
+    assert DataParallel.wrap is original_wrap
+    variants = ("hand-written", "ddp", "ddp + find_unused_parameters", "ddp + buffers broadcast every step",
+                "ddp + gradient_as_bucket_view")
+    runs = {name: make(name) for name in variants}
+    steps = {name: _endless(run) for name, run in runs.items()}
+
+    def stepper(name):
+        run, batches = runs[name], steps[name]
+        if name == "hand-written":
+            return lambda: hand_written_step(run, *next(batches))
+        return lambda: run.step(*next(batches))
+
+    fns = {name: stepper(name) for name in variants}
     for fn in fns.values():  # warm-up: the first steps (DDP's bucket rebuild, allocator) are not timed
         for _ in range(5):
             fn()
     result = interleaved(fns, rounds=args.rounds, block=args.block, baseline="hand-written")
     # the replicas stayed identical under every variant (every rank took the same updates)
     spread = {}
-    for name, run in (("hand-written", hand), ("ddp", plain), ("ddp + find_unused_parameters", search)):
+    for name, run in runs.items():
         flat = torch.cat([p.detach().reshape(-1) for p in run.params])
         gathered = [torch.empty_like(flat) for _ in range(ddp.world_size)]
         torch.distributed.all_gather(gathered, flat)
         spread[name] = max(float((g - flat).abs().max()) for g in gathered)
+    plain = runs["ddp"]
     if ddp.is_main:
         params = sum(p.numel() for p in plain.params)
         print(json.dumps({"variants": result, "replica_max_abs_difference": spread, "parameters": params,
@@ -175,7 +204,10 @@ def bench_ddp(args) -> dict:
 
 def bench_grid(args) -> dict:
     """Wall time of ``genmod bench`` on the 8-cell digits grid per executor, interleaved rounds."""
+    import resource
+
     seconds: dict[str, list[float]] = {label: [] for label, _, _ in GRID_RUNS}
+    cpu: dict[str, list[float]] = {label: [] for label, _, _ in GRID_RUNS}
     before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="genmod-scale-") as tmp:
         for r in range(args.grid_rounds):
@@ -190,18 +222,21 @@ def bench_grid(args) -> dict:
                 )
                 command = [sys.executable, "-m", "pyro_genmod", "bench", str(config), "--executor", executor,
                            "--jobs", str(jobs), "--quiet"]
+                before_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
                 start = time.perf_counter()
                 done = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent, check=False,
                                       env={**os.environ, "OMP_NUM_THREADS": "1"})
                 took = time.perf_counter() - start
+                after_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and the workers it waited for
+                cpu[label].append(after_cpu.ru_utime + after_cpu.ru_stime - before_cpu.ru_utime - before_cpu.ru_stime)
                 if done.returncode != 0 or "8 cells ok, 0 failed" not in done.stdout:
                     raise SystemExit(f"{label}: {done.stdout[-2000:]}\n{done.stderr[-3000:]}")
                 seconds[label].append(took)
-                print(f"round {r + 1}: {label}: {took:.1f} s", flush=True)
+                print(f"round {r + 1}: {label}: {took:.1f} s, CPU {cpu[label][-1]:.1f} s", flush=True)
     rows = {}
     for label, times in seconds.items():
         ratios = [t / s for t, s in zip(times, seconds["sequential"])]
-        rows[label] = {"seconds": times, "median_s": statistics.median(times),
+        rows[label] = {"seconds": times, "median_s": statistics.median(times), "cpu_seconds": cpu[label],
                        "ratio_to_sequential": ratios, "median_ratio": statistics.median(ratios)}
     return {"rows": rows, "rounds": args.grid_rounds, "load_average": [before[0], os.getloadavg()[0]]}
 
@@ -263,16 +298,18 @@ def report(result: dict) -> str:
             (f"`genmod bench benchmarks/configs/digits_grid8.toml --executor E --jobs N --quiet` (8 cells: VAE "
             f"with a mean-field guide, trace_elbo and iwae:5, seeds 0-3), each time into a fresh runs folder; "
             f"{grid['rounds']} interleaved rounds; ratio = wall time over the same round's sequential run, "
-            f"median over rounds. Every run finished with `8 cells ok, 0 failed`. Load average "
+            f"median over rounds. CPU seconds are those of the command and every process it started and "
+            f"waited for (workers included). Every run finished with `8 cells ok, 0 failed`. Load average "
             f"{grid['load_average'][0]:.1f} before, {grid['load_average'][1]:.1f} after."),
             "",
-            "| executor | wall seconds (each round) | vs sequential (median) | each round |",
-            "|---|---|---|---|",
+            "| executor | wall seconds (each round) | vs sequential (median) | each round | CPU seconds (each round) |",
+            "|---|---|---|---|---|",
         ]
         for label, row in grid["rows"].items():
             lines.append(
                 f"| {label} | {', '.join(f'{s:.1f}' for s in row['seconds'])} | {row['median_ratio']:.2f}x | "
-                f"{', '.join(f'{r:.2f}' for r in row['ratio_to_sequential'])} |"
+                f"{', '.join(f'{r:.2f}' for r in row['ratio_to_sequential'])} | "
+                f"{', '.join(f'{c:.0f}' for c in row.get('cpu_seconds', []))} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -25,6 +25,12 @@ empty, parameter unused). DDP then marks the parameters a rank did not use as re
 rank all-reduces every gradient and takes the same update. Otherwise it is built without that
 search (which walks the autograd graph every step).
 
+Buffers: DDP broadcasts rank 0's buffers when it is built, and by default again before every
+forward. The zoo's buffers are constants (a zero, flow masks and permutations, label logits),
+so that per-step broadcast is skipped unless training can change a buffer
+(:func:`buffers_may_change`: a plain Pyro program, or a module tracking running statistics such
+as batch normalization); benchmarks/results/scale.md measures what it costs.
+
 Only rank 0 writes files and shows a progress bar. The gloo backend runs on the CPU, NCCL on
 the GPU (each rank on the GPU ``LOCAL_RANK``).
 """
@@ -45,6 +51,7 @@ from .errors import ConfigError
 __all__ = [
     "DataParallel",
     "LossModule",
+    "buffers_may_change",
     "init_distributed",
     "is_main_process",
     "launched_by_torchrun",
@@ -114,22 +121,29 @@ class DataParallel:
         local = self.shard(x)
         return self.sum(per_point_mean(local) * local.shape[0] if local.shape[0] else 0.0) / x.shape[0]
 
-    def wrap(self, module: LossModule, find_unused_parameters: bool = False) -> DistributedDataParallel:
+    def wrap(self, module: LossModule) -> DistributedDataParallel:
         """``module`` in :class:`~torch.nn.parallel.DistributedDataParallel`, its loss scaled by the
         world size so that DDP's average of the gradients is their sum (see the module docstring).
 
         Building it broadcasts rank 0's parameters and buffers to every rank (and checks that all
-        ranks hold parameters of the same shapes), so all replicas start identical.
+        ranks hold parameters of the same shapes), so all replicas start identical. DDP searches
+        for unused parameters when :func:`parameter_use_may_vary` and re-broadcasts the buffers
+        before every step when :func:`buffers_may_change`.
 
         Arguments:
             module: the loss of the model/guide pair; its parameters must all exist (a plain
                 Pyro program's are created when it is traced, before training).
-            find_unused_parameters: DDP's search for parameters a step did not use; needed
-                when that set can change between steps (:func:`parameter_use_may_vary`).
         """
         module.scale = float(self.world_size)
         device_ids = [self.device] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+        wrapped = DistributedDataParallel(
+            module, device_ids=device_ids,
+            find_unused_parameters=parameter_use_may_vary(module.model, module.guide),
+        )
+        # set after the build, which broadcasts the buffers either way (an attribute before torch
+        # 2.13, a property for forward_sync_buffers since)
+        wrapped.broadcast_buffers = buffers_may_change(module.model, module.guide)
+        return wrapped
 
     def gather_rng_states(self) -> dict[str, Tensor]:
         """Every rank's torch RNG state (each rank draws its own latent noise)."""
@@ -164,14 +178,27 @@ class LossModule(nn.Module):
         return differentiable, torch.tensor(value, dtype=torch.float64)
 
 
+def _is_program(model: nn.Module, guide: nn.Module) -> bool:
+    from .programs import ProgramGuide, ProgramModel
+
+    return isinstance(model, ProgramModel) or isinstance(guide, ProgramGuide)
+
+
 def parameter_use_may_vary(model: nn.Module, guide: nn.Module) -> bool:
     """Whether the set of parameters a training step uses can change from step to step, so that
     DDP needs ``find_unused_parameters=True``: when the model or guide is a plain Pyro program
     (its code may branch on the data), or the guide holds per-point parameters
     (``local_params``, the ``local`` guide, which uses them only on points it refined)."""
-    from .programs import ProgramGuide, ProgramModel
+    return _is_program(model, guide) or hasattr(guide, "local_params")
 
-    return isinstance(model, ProgramModel) or isinstance(guide, ProgramGuide) or hasattr(guide, "local_params")
+
+def buffers_may_change(model: nn.Module, guide: nn.Module) -> bool:
+    """Whether training can change the pair's buffers, so that DDP re-broadcasts rank 0's before
+    every step: when the model or guide is a plain Pyro program (its networks are the user's) or
+    holds a module tracking running statistics (``track_running_stats``, batch normalization)."""
+    return _is_program(model, guide) or any(
+        getattr(m, "track_running_stats", False) for part in (model, guide) for m in part.modules()
+    )
 
 
 def init_distributed(backend: str | None = None) -> DataParallel:

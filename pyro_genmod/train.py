@@ -23,7 +23,7 @@ from .checkpoint import Checkpointer
 from .checks import check_device, check_positive_int, check_training_memory
 from .datasets import Dataset
 from .densities import log_densities
-from .distributed import DataParallel, LossModule, parameter_use_may_vary
+from .distributed import DataParallel, LossModule
 from .errors import ConfigError, DataError, TrainingDiverged
 from .labels import LabelFeed, training_labels
 from .latents import check_pair
@@ -245,7 +245,7 @@ class _Fit:
         # DistributedDataParallel, which broadcasts rank 0's parameters now and sums the gradients.
         self.objective = LossModule(model, guide, self._loss)
         if ddp:
-            self.objective = ddp.wrap(self.objective, find_unused_parameters=parameter_use_may_vary(model, guide))
+            self.objective = ddp.wrap(self.objective)
         self.params = parameters(model, guide)
         self.optimizer = create_optimizer(self.params, lr, optimizer, optimizer_options)
         self.scheduler = create_lr_schedule(self.optimizer, lr_schedule, lr_schedule_options)

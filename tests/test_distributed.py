@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DistributedSampler
 
 import pyro_genmod as pg
-from pyro_genmod.distributed import DataParallel, parameter_use_may_vary
+from pyro_genmod.distributed import DataParallel, buffers_may_change, parameter_use_may_vary
 
 HERE = Path(__file__).resolve()
 B, STEPS = 16, 5
@@ -194,15 +194,22 @@ def _program(x):
         pyro.sample("x", pyro.distributions.Bernoulli(probs * torch.sigmoid(z)).to_event(1), obs=x.reshape(n, -1))
 
 
-def test_ddp_searches_for_unused_parameters_only_where_their_use_can_vary():
+def test_ddp_searches_for_unused_parameters_and_syncs_buffers_only_where_needed():
     """find_unused_parameters (a graph walk every step) for Pyro programs and the local guide;
-    the zoo's amortized pairs use every parameter at every step and go without it."""
+    the zoo's amortized pairs use every parameter at every step and go without it. Buffers are
+    re-broadcast every step for programs and modules with running statistics; the zoo's are
+    constants."""
     data = _five_step_data()
     model = pg.create_model("vae", data, latent_dim=2, hidden=[8])
-    assert not parameter_use_may_vary(model, pg.create_guide("mean_field", model, hidden=[8]))
+    mean_field = pg.create_guide("mean_field", model, hidden=[8])
+    assert list(model.buffers())  # a constant
+    assert not parameter_use_may_vary(model, mean_field) and not buffers_may_change(model, mean_field)
     assert parameter_use_may_vary(model, pg.create_guide("local", model, hidden=[8]))
     program = pg.ProgramModel(_program, data)
-    assert list(program.parameters()) and parameter_use_may_vary(program, pg.create_guide("mean_field", program, hidden=[8]))
+    guide = pg.create_guide("mean_field", program, hidden=[8])
+    assert list(program.parameters()) and parameter_use_may_vary(program, guide) and buffers_may_change(program, guide)
+    mean_field.norm = torch.nn.BatchNorm1d(3)  # running mean and variance change in training
+    assert buffers_may_change(model, mean_field) and not parameter_use_may_vary(model, mean_field)
 
 
 @pytest.mark.parametrize("flag", [True, False])
