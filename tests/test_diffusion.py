@@ -183,13 +183,13 @@ def test_cli_kill_and_resume_is_bitwise_exact(tmp_path):
     diffusion_elbo): killed between steps and while checkpointing, resumed, equal bit for bit."""
     args = [
         "train", "--model", "diffusion", "--model-opt", f"num_steps={T}", "--model-opt", "hidden=[16]",
-        "--epochs", "3", "--batch-size", "256", "--seed", "5", "-K", "20", "--checkpoint-every", "4", "--quiet",
+        "--epochs", "2", "--batch-size", "256", "--seed", "5", "-K", "20", "--checkpoint-every", "4", "--quiet",
     ]
     ref, run = tmp_path / "reference", tmp_path / "interrupted"
     resume = ["train", "--resume", str(run), "--quiet"]
     results = _run_jobs(tmp_path, [
         {"argv": [*args, "--out", str(ref)], "kill": "none", "folder": str(ref)},
-        {"argv": [*args, "--out", str(run)], "kill": "step", "n": 9, "folder": str(run)},
+        {"argv": [*args, "--out", str(run)], "kill": "step", "n": 8, "folder": str(run)},  # epoch 2, step 2
         {"argv": resume, "kill": "checkpoint_half", "n": 1, "folder": str(run)},
         {"argv": resume, "kill": "none", "folder": str(run)},
     ])
