@@ -35,14 +35,14 @@ import pyro
 import torch
 from pyro import poutine
 from torch import Tensor
-from torch.distributions import biject_to
+from torch.distributions import biject_to, constraints
 
 from .arviz_bridge import psis_khat
 from .checks import check_positive_int
-from .densities import score_program
+from .densities import _contract_densities, _log_prob, _runs_contract_programs, _Unvalidated, score_program
 from .errors import ConfigError
 from .estimates import LogLikelihood
-from .latents import check_pair
+from .latents import check_pair, describe_support
 from .programs import as_guide, as_model
 from .seeding import seeded
 
@@ -68,20 +68,69 @@ class AISResult:
     acceptance: Tensor
 
 
+MAX_ENUMERATED = 64
+"""Most joint values of a model's discrete latents that AIS sums out exactly (the cost of every
+density evaluation is multiplied by this number)."""
+
+
+def _finite_values(site) -> Tensor | None:
+    """The values of a scalar discrete site with a finite support, or ``None``."""
+    support = site.support
+    if tuple(site.event_shape) != ():
+        return None
+    if support is constraints.boolean:
+        return torch.tensor([0.0, 1.0])
+    if isinstance(support, constraints.integer_interval):
+        return torch.arange(int(support.lower_bound), int(support.upper_bound) + 1)
+    return None
+
+
 class _Target:
-    """log q(z|x), log p(x, z) and the log-Jacobians at unconstrained values ``u``, per (chain, point)."""
+    """log q(z|x), log p(x, z) and the log-Jacobians at unconstrained values ``u``, per (chain, point).
+
+    Discrete latents with a small finite support are summed out of both densities exactly (each
+    is replayed with all its values on an enumeration dimension left of the chains, and the
+    densities are log-sum-exp'ed over those dimensions), so the chains move the continuous latents
+    under the marginals q(z|x) and p(x, z)."""
 
     def __init__(self, model, guide, x: Tensor, num_chains: int):
         self.model, self.guide, self.x, self.k = model, guide, x, num_chains
-        self.sites = list(model.latent_sites)
-        for site in self.sites:
-            if site.discrete:
-                raise ConfigError(
-                    f"AIS moves continuous latents with HMC; latent site '{site.name}' is discrete. "
-                    f"Score this model with method='is' (its discrete proposal) instead"
-                )
+        name = getattr(model, "registry_name", type(model).__name__)
+        discrete = [site for site in model.latent_sites if site.discrete]
+        self.sites = [site for site in model.latent_sites if not site.discrete]
+        if not self.sites:
+            raise ConfigError(
+                f"AIS moves continuous latents with HMC, and model '{name}' has only discrete ones "
+                f"({', '.join(s.name for s in discrete)}); score it with method='is' instead"
+            )
         self.transforms = {s.name: biject_to(s.support) for s in self.sites}
         self.dim = -(model.max_plate_nesting + 1)
+        self.enumerated: dict[str, Tensor] = {}
+        combinations = 1
+        for i, site in enumerate(discrete):
+            values = _finite_values(site)
+            if values is None:
+                raise ConfigError(
+                    f"AIS sums discrete latents out, and site '{site.name}' of model '{name}' is not a "
+                    f"scalar with finitely many values ({describe_support(site.support)}, shape "
+                    f"{tuple(site.event_shape)}); score this model with method='is' instead"
+                )
+            combinations *= values.numel()
+            if combinations > MAX_ENUMERATED:
+                raise ConfigError(
+                    f"AIS sums discrete latents out, and those of model '{name}' take {combinations} or "
+                    f"more joint values (at most {MAX_ENUMERATED} are summed); score it with method='is' instead"
+                )
+            # site i on its own dimension, left of the chains' plate and of the earlier sites
+            shape = (values.numel(),) + (1,) * (-self.dim + i)
+            self.enumerated[site.name] = values.to(x.device).reshape(shape)
+        # A pair running the contracts' own programs is scored from its distributions directly
+        # (the engine's single-particle path): q(z|x) is built once for the chunk, not at every
+        # leapfrog step, and no Pyro messengers run.
+        self.posterior = None
+        if not self.enumerated and _runs_contract_programs(model, guide):
+            with torch.no_grad():
+                self.posterior = guide.posterior(x)
 
     def plate(self):
         return pyro.plate("num_particles_vectorized", self.k, dim=self.dim)
@@ -90,7 +139,10 @@ class _Target:
         """Draws z ~ q(z|x) per chain and point, as unconstrained values."""
         with torch.no_grad(), poutine.block(), pyro.validation_enabled(False), self.plate():
             values = score_program(self.guide, self.x, per_point=True).values
-        return {n: self.transforms[n].inv(values[n].expand(self.k, *values[n].shape[1:])) for n in values}
+        return {
+            n: self.transforms[n].inv(values[n].expand(self.k, *values[n].shape[1:]))
+            for n in values if n in self.transforms
+        }
 
     def densities(self, u: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """(log q(z|x), log p(x, z), log |dz/du|) at z = T(u), each of shape ``(K, N)``."""
@@ -102,11 +154,35 @@ class _Target:
             extra = jac.dim() - 2  # sum the event dimensions the transform left
             log_jac = log_jac + (jac.sum(tuple(range(-extra, 0))) if extra > 0 else jac)
             z[site.name] = value
-        with poutine.block(), pyro.validation_enabled(False), self.plate():
-            log_q = score_program(self.guide, self.x, replay=z, per_point=True, strict=True).total
-            log_p = score_program(self.model, self.x, replay=z, per_point=True).total
         shape = (self.k, self.x.shape[0])
-        return log_q.expand(shape), log_p.expand(shape), torch.as_tensor(log_jac).expand(shape)
+        if self.posterior is not None:
+            with _Unvalidated():
+                log_q = sum(_log_prob(self.posterior[name], value) for name, value in z.items())
+                log_p, _ = _contract_densities(self.model, _Given(z, log_q), self.x)
+            return log_q.expand(shape), log_p.expand(shape), torch.as_tensor(log_jac).expand(shape)
+        replay = {**z, **self.enumerated}
+        with poutine.block(), pyro.validation_enabled(False), self.plate():
+            log_q = score_program(self.guide, self.x, replay=replay, per_point=True, strict=True).total
+            log_p = score_program(self.model, self.x, replay=replay, per_point=True).total
+        return self._sum_out(log_q), self._sum_out(log_p), torch.as_tensor(log_jac).expand(shape)
+
+    def _sum_out(self, log_density: Tensor) -> Tensor:
+        """``(K, N)``: the density log-sum-exp'ed over the enumerated discrete values."""
+        shape = (self.k, self.x.shape[0])
+        if not self.enumerated:
+            return log_density.expand(shape)
+        full = (*(v.numel() for v in reversed(self.enumerated.values())), *shape)
+        return torch.logsumexp(log_density.expand(full).reshape(-1, *shape), dim=0)
+
+
+class _Given:
+    """A guide stand-in whose draw is given: the latents the chains are at, and their log q."""
+
+    def __init__(self, latents: dict[str, Tensor], log_q: Tensor):
+        self.latents, self.log_q = latents, log_q
+
+    def sample_with_log_prob(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        return self.latents, self.log_q
 
 
 def ais_log_weights(
@@ -199,6 +275,20 @@ class AISLogLikelihood(LogLikelihood):
     mc_stderr: Tensor | None = None
     acceptance: Tensor | None = None
     num_steps: int = 0
+    leapfrog_steps: int = 0
+
+    def summary(self) -> dict:
+        """:meth:`LogLikelihood.summary` (``num_importance_samples`` is the chains per point) plus
+        the AIS settings, the mean per-point Monte Carlo standard error and the acceptance rate."""
+        return {
+            **super().summary(),
+            "method": "ais",
+            "num_chains": self.num_samples,
+            "num_steps": self.num_steps,
+            "leapfrog_steps": self.leapfrog_steps,
+            "mc_stderr_mean": float(self.mc_stderr.mean()) if self.mc_stderr is not None else None,
+            "acceptance_mean": float(self.acceptance.mean()) if self.acceptance is not None else None,
+        }
 
 
 def ais_log_likelihood(
@@ -230,6 +320,11 @@ def ais_log_likelihood(
         raise ConfigError(f"step_size must be a positive number, got {step_size!r}")
     if not (0 < target_accept < 1):
         raise ConfigError(f"target_accept must lie in (0, 1), got {target_accept!r}")
+    if not getattr(model, "has_log_likelihood", True):
+        raise ConfigError(
+            f"model '{getattr(model, 'registry_name', type(model).__name__)}' has an improper prior, so "
+            f"log p(x) is undefined and AIS has nothing to estimate; compare its reconstruction instead"
+        )
     name = getattr(guide, "registry_name", type(guide).__name__)
     if getattr(guide, "is_point_estimate", False) or getattr(guide, "scores_own_samples_only", False):
         raise ConfigError(
@@ -256,7 +351,7 @@ def ais_log_likelihood(
     khats = psis_khat(log_w.T.double().numpy()) if khat else np.full(per_point.numel(), np.nan)
     return AISLogLikelihood(
         per_point=per_point, elbo=log_w.mean(dim=0), khat=khats, num_samples=num_chains,
-        mc_stderr=mc_stderr, acceptance=torch.cat(rates), num_steps=num_steps,
+        mc_stderr=mc_stderr, acceptance=torch.cat(rates), num_steps=num_steps, leapfrog_steps=leapfrog_steps,
     )
 
 
@@ -279,7 +374,10 @@ def _reverse_log_weights(model, guide, x, z_star, num_chains, num_steps, leapfro
     """Reverse AIS from exact posterior draws: log-weights whose mean of exp estimates 1 / p(x)."""
     target = _Target(model, guide, x, num_chains)
     betas = annealing_schedule(num_steps).tolist()
-    u = {n: target.transforms[n].inv(v.unsqueeze(0).expand(num_chains, *v.shape)) for n, v in z_star.items()}
+    u = {  # the continuous part of an exact posterior draw (its discrete part is summed out)
+        n: target.transforms[n].inv(v.unsqueeze(0).expand(num_chains, *v.shape))
+        for n, v in z_star.items() if n in target.transforms
+    }
     log_w = torch.zeros(num_chains, x.shape[0], device=x.device)
     eps = torch.full((x.shape[0],), float(step_size), device=x.device)
     with _frozen(model, guide):

@@ -222,19 +222,71 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from .experiment import score, score_metrics
-    from .runs import load_run
+_AIS_FLAGS = (("--steps", "steps"), ("--chains", "chains"), ("--leapfrog", "leapfrog"), ("--step-size", "step_size"))
 
+
+def _ais_result_name(args, seed: int, points: int) -> str:
+    """The file an AIS evaluation is saved to in the run folder: one per setting, beside metrics.json."""
+    size = "" if args.step_size is None else f"-eps{args.step_size:g}"
+    return f"evaluation-ais-steps{args.steps or 100}-chains{args.chains or 16}-leapfrog{args.leapfrog or 5}{size}-seed{seed}-points{points}.json"
+
+
+def _print_ais(metrics: dict) -> None:
+    print(f"test ELBO (AIS chains)    : {_fmt(metrics['test_elbo'])} nats per point")
+    print(
+        f"test log p(x), AIS        : {_fmt(metrics['test_log_likelihood'])} +/- "
+        f"{_fmt(metrics['test_log_likelihood_stderr'])} nats per point (T={metrics['num_steps']} steps, "
+        f"{metrics['num_chains']} chains, {metrics['leapfrog_steps']} leapfrog; proposal: {metrics['proposal']})"
+    )
+    print(
+        f"AIS per point            : mean Monte Carlo s.e. {_fmt(metrics['mc_stderr_mean'])} nats across chains, "
+        f"mean HMC acceptance {_fmt(metrics['acceptance_mean'], 2)}, {metrics['seconds']:.1f} s"
+    )
+
+
+def cmd_evaluate(args) -> int:
+    from .errors import ConfigError, RunFolderError
+    from .estimates import LogLikelihood
+    from .experiment import score, score_metrics
+    from .runs import atomic_write_text, load_run
+
+    given = [flag for flag, key in _AIS_FLAGS if getattr(args, key) is not None]
+    if args.method == "is" and given:
+        raise ConfigError(f"{', '.join(given)} set AIS options; add --method ais (or drop them)")
+    if args.method == "ais" and args.num_samples is not None:
+        raise ConfigError("--num-samples/-K counts importance samples (--method is); AIS takes --chains and --steps")
     run = load_run(args.run, trust_code=args.trust_code, allow_changed_data=args.allow_changed_data)
     seed = args.seed if args.seed is not None else run.config.get("evaluation", {}).get("seed", 0)
-    ll, proposal = score(run.model, run.guide, run.data.test, args.num_samples, seed=seed)
-    metrics = {**score_metrics(ll, proposal), "seed": seed}
+    x = run.data.test[: args.max_points] if args.max_points is not None else run.data.test
+    if args.method == "is":
+        ll, proposal = score(run.model, run.guide, x, args.num_samples or 1000, seed=seed)
+        metrics = {**score_metrics(ll, proposal, run.data.shape if run.data.is_image else None), "seed": seed}
+    else:
+        path = run.path / _ais_result_name(args, seed, x.shape[0])
+        if path.exists() and not args.overwrite:
+            raise RunFolderError(f"'{path}' already holds this AIS evaluation; add --overwrite to replace it")
+        options = {"num_steps": args.steps or 100, "leapfrog_steps": args.leapfrog or 5}
+        if args.step_size is not None:
+            options["step_size"] = args.step_size
+        began = time.perf_counter()
+        ll, proposal = score(run.model, run.guide, x, args.chains or 16, seed=seed, method="ais", **options)
+        extra = {k: v for k, v in ll.summary().items() if k not in LogLikelihood.summary(ll)}  # AIS's own
+        metrics = {**score_metrics(ll, proposal), **extra, "seed": seed, "seconds": time.perf_counter() - began}
+        saved = {**metrics, "per_point": ll.per_point.tolist(), "mc_stderr": ll.mc_stderr.tolist(),
+                 "acceptance": ll.acceptance.tolist()}
+        try:  # a file of its own, written atomically: the run's metrics.json (IS) is left as it is
+            atomic_write_text(path, json.dumps(saved, indent=1) + "\n")
+        except OSError as error:
+            raise RunFolderError(f"cannot write '{path}': {error.strerror or error}") from None
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
         print(f"run {run.path}: {run.config['model']['name']} + {run.config['guide']['name']} on {run.data.name}")
-        _print_scores(metrics)
+        if args.method == "is":
+            _print_scores(metrics)
+        else:
+            _print_ais(metrics)
+            print(f"saved to {path}")
     return 0
 
 
@@ -443,7 +495,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="re-score a saved run's test set")
     evaluate.add_argument("run", help="run folder")
-    evaluate.add_argument("--num-samples", "-K", type=_positive_int, default=1000)
+    evaluate.add_argument("--num-samples", "-K", type=_positive_int, default=None,
+                          help="importance samples per point (--method is; default 1000)")
+    evaluate.add_argument("--method", choices=("is", "ais"), default="is",
+                          help="is: importance sampling from the guide; ais: annealed importance sampling "
+                               "from the guide to p(z|x), saved to its own file in the run folder")
+    evaluate.add_argument("--steps", type=_positive_int, default=None, help="AIS: intermediate distributions T (default 100)")
+    evaluate.add_argument("--chains", type=_positive_int, default=None, help="AIS: chains per point (default 16)")
+    evaluate.add_argument("--leapfrog", type=_positive_int, default=None,
+                          help="AIS: leapfrog steps per HMC transition (default 5)")
+    evaluate.add_argument("--step-size", type=_positive_float, default=None,
+                          help="AIS: initial HMC step size, adapted per point (default 0.05)")
+    evaluate.add_argument("--max-points", type=_positive_int, default=None, help="score only the first N test points")
+    evaluate.add_argument("--overwrite", action="store_true", help="AIS: replace a saved evaluation with the same settings")
     evaluate.add_argument("--seed", type=_seed, default=None, help="default: the run's evaluation seed")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")

@@ -68,10 +68,11 @@ LOCK_FILE = ".genmod-lock"
 STAGING = ".genmod-new"
 OUTPUT_STAGING = ".genmod-new-output"  # take_output_folder's, so an output folder can be a run folder
 COMMIT_FILE = ".genmod-commit"
-TRACKING_DIRS = ("tensorboard",)  # a run's logs that belong to it (pyro_genmod.tracking), replaced with it
+MLFLOW_RUN_FILE = "mlflow-run.json"  # which MLflow run a run folder logs to (pyro_genmod.tracking)
+TRACKING_ENTRIES = ("tensorboard", MLFLOW_RUN_FILE)  # a run's logs that belong to it, replaced with it
 # what a new run replaces in its folder, and the order its files are moved in (config.json last)
-_RUN_REPLACES = (*RUN_FILES, CHECKPOINT_FILE, "diagnose", *TRACKING_DIRS)
-_RUN_ORDER = (*TRACKING_DIRS, CHECKPOINT_FILE, "params.safetensors", "history.csv", "metrics.json", "config.json")
+_RUN_REPLACES = (*RUN_FILES, CHECKPOINT_FILE, "diagnose", *TRACKING_ENTRIES)
+_RUN_ORDER = (*TRACKING_ENTRIES, CHECKPOINT_FILE, "params.safetensors", "history.csv", "metrics.json", "config.json")
 _HASHED = ("params.safetensors", "metrics.json", "history.csv")
 _PROBE = ".write-test."
 _WAIT_SECONDS = 30.0  # how long a reader waits for a live writer to finish committing
@@ -144,7 +145,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], what: 
     try:
         _atomic_write(path, write)
     except OSError as error:
-        raise RunFolderError(f"cannot write {what} '{path}': {error.strerror or error}") from None
+        raise RunFolderError(
+            f"cannot write {what} '{path}': {error.strerror or error}; write it to a folder that exists "
+            f"and that you can write to"
+        ) from None
     return path
 
 
@@ -160,7 +164,7 @@ def _sha256(payload: bytes) -> str:
 def _is_temporary(name: str) -> bool:
     """A temporary file of an atomic write, or of the write probe, in a run folder."""
     return name.startswith((_PROBE, f".{COMMIT_FILE}.")) or any(
-        name.startswith(f".{known}.") for known in (*RUN_FILES, CHECKPOINT_FILE)
+        name.startswith(f".{known}.") for known in (*RUN_FILES, CHECKPOINT_FILE, MLFLOW_RUN_FILE)
     )
 
 

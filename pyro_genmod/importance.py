@@ -82,7 +82,7 @@ def log_likelihood(
 
     ``method="ais"`` anneals from the guide to p(z|x) instead (:mod:`pyro_genmod.ais`), with
     ``num_samples`` chains per point, ``num_steps`` intermediate distributions and
-    ``leapfrog_steps`` per HMC transition; the result also carries each point's Monte Carlo
+    ``leapfrog_steps`` per HMC transition (initial ``step_size``); the result also carries each point's Monte Carlo
     standard error across chains and the acceptance rate.
 
     The K particles are a plate dimension, not a Python loop. Work is chunked so that at most
@@ -123,7 +123,7 @@ def log_likelihood(
         from .ais import ais_log_likelihood
 
         return ais_log_likelihood(
-            model, guide, x, num_samples, num_steps, leapfrog_steps=leapfrog_steps,
+            model, guide, x, num_samples, num_steps, leapfrog_steps=leapfrog_steps, step_size=step_size,
             max_rows=min(max_rows, 8192), seed=seed, khat=khat,
         )
     x = as_points(x)  # float64 or integer points are converted (as_points' rule)
@@ -180,8 +180,12 @@ def log_likelihood(
     return result
 
 
-def score(model, guide, x, num_samples: int, seed: int = 0) -> tuple[LogLikelihood, str]:
-    """IS log-likelihood of ``x``; a point-estimate guide is replaced by the prior as proposal.
+def score(
+    model, guide, x, num_samples: int, seed: int = 0, *, method: str = "is", **ais_options
+) -> tuple[LogLikelihood, str]:
+    """Log-likelihood of ``x`` (IS, or AIS with ``method="ais"`` and its options, e.g.
+    ``num_steps``); a point-estimate guide is replaced by the prior as proposal (AIS: also a
+    guide that cannot score the points the chains visit, such as a planar flow).
 
     Returns the estimate and the name of the proposal used. A model with an improper prior
     (``has_log_likelihood = False``, e.g. ``ae``) has no log p(x): its estimate is NaN, its
@@ -194,8 +198,15 @@ def score(model, guide, x, num_samples: int, seed: int = 0) -> tuple[LogLikeliho
         nan = torch.full_like(elbo, float("nan"))
         return LogLikelihood(per_point=nan, elbo=elbo, khat=nan.numpy(), num_samples=num_samples), "none"
     proposal = guide
-    if getattr(guide, "is_point_estimate", False):
+    own_samples_only = method == "ais" and getattr(guide, "scores_own_samples_only", False)
+    if getattr(guide, "is_point_estimate", False) or own_samples_only:
         from .factories import create_guide
 
         proposal = create_guide("prior", model)
-    return log_likelihood(model, proposal, x, num_samples, seed=seed), proposal.registry_name
+    if method == "ais":
+        from .ais import ais_log_likelihood
+
+        return ais_log_likelihood(model, proposal, x, num_samples, seed=seed, **ais_options), proposal.registry_name
+    if ais_options:
+        raise ConfigError(f"{', '.join(sorted(ais_options))}: AIS options, given with method='is'; use method='ais'")
+    return log_likelihood(model, proposal, x, num_samples, seed=seed, method=method), proposal.registry_name

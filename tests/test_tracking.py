@@ -216,6 +216,12 @@ def test_cli_loggers_resume_the_same_series_and_save_the_run_as_artifacts(tmp_pa
     assert [s for s, _ in _scalars(folder / "tensorboard" / "epoch")["epoch/val_elbo"]] == [1, 2, 3]
     assert [s for s, _ in _scalars(folder / "tensorboard" / "step")["step/loss"]] == [4, 8, 12, 16]
 
+    # --overwrite replaces the run with its logs: the old TensorBoard files and MLflow link go with it
+    assert main(["train", "--out", str(folder), "--overwrite", "--epochs", "1", "--logger", "tensorboard", *CLI]) == 0
+    assert [s for s, _ in _scalars(folder / "tensorboard" / "epoch")["epoch/val_elbo"]] == [1]
+    assert len(list((folder / "tensorboard" / "epoch").glob("events.out.tfevents.*"))) == 1
+    assert not (folder / "mlflow-run.json").exists() and (folder / "mlruns").is_dir()
+
 
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
     """Without tensorboard or mlflow installed (hidden here), each logger option names its extra."""

@@ -18,7 +18,30 @@ EXECUTORS = ("local", "dask", "slurm")
 _EVAL_DEFAULTS = {
     "num_samples": 1000, "seed": 0, "max_points": None, "khat_points": None, "eval_block": 500,
     "probe_points": 10000, "kl_samples": 16,
+    # scoring methods: IS always (its k-hat says where AIS matters), AIS beside it when listed
+    "methods": ["is"], "ais_steps": 100, "ais_chains": 16, "ais_leapfrog": 5, "ais_step_size": 0.05,
+    "ais_points": None,
 }
+_AIS_INTS = ("ais_steps", "ais_chains", "ais_leapfrog", "ais_points")
+
+
+def _check_methods(evaluation: dict, where: str) -> None:
+    """The scoring-method keys of an ``[evaluation]`` table (or an override's), checked before any
+    cell runs."""
+    methods = evaluation.get("methods", ["is"])
+    if methods not in (["is"], ["is", "ais"]):
+        raise ConfigError(
+            f"{where}: methods = {methods!r}; write methods = [\"is\"] or [\"is\", \"ais\"] (importance "
+            f"sampling is always scored; AIS is added beside it)"
+        )
+    for key in _AIS_INTS:
+        value = evaluation.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{where}: {key} must be a positive integer, got {value!r}")
+    size = evaluation.get("ais_step_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int | float) or not size > 0
+                             or size == float("inf")):
+        raise ConfigError(f"{where}: ais_step_size must be a positive number, got {size!r}")
 
 
 @dataclass(frozen=True)
@@ -135,6 +158,9 @@ def load_config(path: str | Path) -> BenchConfig:
         raise ConfigError(
             f"[evaluation] in '{path}' has no option '{key}'; its options are {sorted(_EVAL_DEFAULTS)}"
         )
+    _check_methods(raw.get("evaluation", {}), f"[evaluation] in '{path}'")
+    for override in raw.get("overrides", []):
+        _check_methods(override.get("evaluation", {}), f"an override's [evaluation] in '{path}'")
     executor = raw.get("executor", "local")
     if executor not in EXECUTORS:
         raise ConfigError(f"benchmark config '{path}': executor '{executor}' is not one of {list(EXECUTORS)}")

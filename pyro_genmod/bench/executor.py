@@ -22,7 +22,7 @@ from pyro_genmod.tracking import RunInfo, create_loggers
 from pyro_genmod.train import fit
 
 from .config import BenchConfig, Cell
-from .metrics import active_units, blockwise_log_likelihood, kl_per_dimension, linear_probe_accuracy
+from .metrics import active_units, ais_columns, blockwise_log_likelihood, kl_per_dimension, linear_probe_accuracy
 from .report import read_result, write_result
 
 __all__ = ["run_cell", "run_cells", "pending_cells"]
@@ -118,6 +118,7 @@ def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progr
         "khat_mean": float(khat.mean()) if khat.size else None,
         "khat_above_0.7": float((khat > 0.7).mean()) if khat.size else None, "khat_points": khat.size,
         "active_units": active_units(means), "latent_dims": means.shape[1],
+        **ais_columns(model, proposal, test, ll, opts, folder),  # none unless methods lists "ais"
     }
     if not getattr(guide, "is_point_estimate", False):
         row["kl_per_dim"] = kl_per_dimension(model, guide, test, opts["kl_samples"], seed=opts["seed"])

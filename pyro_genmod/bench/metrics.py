@@ -1,5 +1,5 @@
 """What a benchmark measures beyond the IS NLL: active units, KL per dimension, a linear probe,
-and the K=5000 protocol in resumable blocks."""
+the K=5000 protocol in resumable blocks, and AIS beside IS."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import torch
 
 from pyro_genmod.densities import latent_log_ratios
 from pyro_genmod.errors import ConfigError
+from pyro_genmod.ais import AISLogLikelihood
 from pyro_genmod.importance import LogLikelihood, log_likelihood
 from pyro_genmod.seeding import seeded
 
-__all__ = ["active_units", "kl_per_dimension", "linear_probe_accuracy", "blockwise_log_likelihood"]
+__all__ = ["active_units", "kl_per_dimension", "linear_probe_accuracy", "blockwise_log_likelihood", "ais_columns"]
 
 
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
@@ -70,18 +71,22 @@ def linear_probe_accuracy(train_features, train_labels, test_features, test_labe
 
 def blockwise_log_likelihood(
     model, proposal, x: torch.Tensor, num_samples: int, *, seed: int, block: int,
-    khat_points: int | None, folder: Path,
+    khat_points: int | None, folder: Path, method: str = "is", **ais_options,
 ) -> tuple[LogLikelihood, float]:
     """:func:`log_likelihood` of ``x`` in blocks of ``block`` points, each saved to ``folder`` when
     done, so a long evaluation (K=5000 on 10,000 images) can run in parts and resume.
 
     Block ``i`` is drawn with seed ``seed + i``; PSIS k-hat is fitted only on the blocks that
     start before ``khat_points`` (``None``: all), as it costs ~40% more than the estimate.
-    Returns the estimate and the seconds spent on the blocks (including earlier parts).
+    ``method="ais"`` scores with AIS instead (``num_samples`` chains per point, ``ais_options``
+    such as ``num_steps``); its blocks also keep each point's Monte Carlo standard error and
+    acceptance rate. Returns the estimate and the seconds spent on the blocks (including earlier
+    parts).
     """
     if not isinstance(block, int) or block < 1:
         raise ConfigError(f"eval_block must be a positive integer, got {block!r}")
     folder.mkdir(parents=True, exist_ok=True)
+    extra = ("mc_stderr", "acceptance") if method == "ais" else ()
     parts, seconds = [], 0.0
     for i, start in enumerate(range(0, x.shape[0], block)):
         stop = min(start + block, x.shape[0])
@@ -89,20 +94,50 @@ def blockwise_log_likelihood(
         if not path.is_file():
             began = time.perf_counter()
             with_khat = khat_points is None or start < khat_points
-            ll = log_likelihood(model, proposal, x[start:stop], num_samples, seed=seed + i, khat=with_khat)
+            ll = log_likelihood(model, proposal, x[start:stop], num_samples, seed=seed + i, khat=with_khat,
+                                method=method, **ais_options)
             arrays = {"per_point": ll.per_point.numpy(), "elbo": ll.elbo.numpy(), "khat": ll.khat,
                       "seconds": np.array(time.perf_counter() - began)}
+            arrays.update({key: getattr(ll, key).numpy() for key in extra})
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # one per writer
             np.savez(tmp, **arrays)
             tmp.replace(path)
         with np.load(path, allow_pickle=False) as saved:
-            parts.append({key: saved[key] for key in ("per_point", "elbo", "khat")})
+            parts.append({key: saved[key] for key in ("per_point", "elbo", "khat", *extra)})
             seconds += float(saved["seconds"])
     joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    ll = LogLikelihood(
-        per_point=torch.from_numpy(joined["per_point"]), elbo=torch.from_numpy(joined["elbo"]),
-        khat=joined["khat"], num_samples=num_samples,
-    )
+    common = dict(per_point=torch.from_numpy(joined["per_point"]), elbo=torch.from_numpy(joined["elbo"]),
+                  khat=joined["khat"], num_samples=num_samples)
+    if method == "ais":
+        ll = AISLogLikelihood(**common, mc_stderr=torch.from_numpy(joined["mc_stderr"]),
+                              acceptance=torch.from_numpy(joined["acceptance"]),
+                              num_steps=ais_options.get("num_steps", 100),
+                              leapfrog_steps=ais_options.get("leapfrog_steps", 5))
+    else:
+        ll = LogLikelihood(**common)
     return ll, seconds
 
 
+def ais_columns(model, proposal, x: torch.Tensor, is_estimate: LogLikelihood, opts: dict, folder: Path) -> dict:
+    """The AIS columns of a bench row when ``opts["methods"]`` lists ``"ais"`` (else none): AIS NLL
+    and its standard error over points on the first ``ais_points`` scored points, the mean Monte
+    Carlo standard error across chains, the settings, the wall time, and how many nats IS misses
+    on the same points (IS NLL - AIS NLL), overall and where IS k-hat is above 0.7."""
+    if "ais" not in opts["methods"]:
+        return {}
+    points = min(opts["ais_points"] or x.shape[0], x.shape[0])
+    steps, chains, leapfrog, size = opts["ais_steps"], opts["ais_chains"], opts["ais_leapfrog"], opts["ais_step_size"]
+    ais, seconds = blockwise_log_likelihood(
+        model, proposal, x[:points], chains, seed=opts["seed"], block=opts["eval_block"], khat_points=0,
+        folder=folder / f"eval-ais-T{steps}-K{chains}-L{leapfrog}-eps{size:g}-seed{opts['seed']}-block{opts['eval_block']}",
+        method="ais", num_steps=steps, leapfrog_steps=leapfrog, step_size=size,
+    )
+    missed = (ais.per_point - is_estimate.per_point[:points]).double()
+    unreliable = torch.from_numpy(np.asarray(is_estimate.khat[:points]) > 0.7)
+    return {
+        "ais_nll": -ais.mean, "ais_nll_stderr": ais.stderr, "ais_mc_stderr": float(ais.mc_stderr.mean()),
+        "ais_steps": steps, "ais_chains": chains, "ais_leapfrog": leapfrog, "ais_points": points,
+        "ais_seconds": seconds, "ais_acceptance": float(ais.acceptance.mean()),
+        "is_minus_ais_nll": float(missed.mean()),
+        "is_minus_ais_nll_khat_above_0.7": float(missed[unreliable].mean()) if bool(unreliable.any()) else None,
+    }

@@ -29,7 +29,11 @@ COLUMNS = [
     "train_seconds", "eval_K", "eval_points", "eval_seconds", "test_elbo", "test_nll",
     "test_nll_stderr", "khat_mean", "khat_above_0.7", "khat_points", "active_units", "latent_dims",
     "kl_per_dim", "probe_accuracy", "published_nll", "published_budget", "published_source", "error",
+    # AIS beside IS, when the config's [evaluation] methods lists "ais"
+    "ais_nll", "ais_nll_stderr", "ais_mc_stderr", "ais_steps", "ais_chains", "ais_leapfrog", "ais_points",
+    "ais_seconds", "ais_acceptance", "is_minus_ais_nll", "is_minus_ais_nll_khat_above_0.7",
 ]
+_AIS_HEADER = " | AIS NLL | AIS s.e. | AIS MC s.e. | AIS steps | AIS chains | AIS points | AIS s | IS - AIS | IS - AIS, k-hat > 0.7"
 
 def _fmt(value, digits: int = 2) -> str:
     if value in (None, ""):
@@ -70,13 +74,21 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
         "| IS K | eval points | eval s | mean k-hat | k-hat > 0.7 | k-hat points | active units | KL / dim | probe acc. "
         "| published NLL | published budget | status |"
     )
+    with_ais = any(row.get("ais_nll") not in (None, "") for row in rows)
+    if with_ais:  # the AIS columns before the status
+        header = header[: -len(" | status |")] + _AIS_HEADER + " | status |"
     lines = [f"# {config.raw.get('title', config.name)}", ""]
     if config.raw.get("notes"):
         lines += [config.raw["notes"].strip(), ""]
     lines += [
         "NLL = -log p(x) in nats per test point (lower is better), importance-sampled with IS K "
         "draws from q(z|x); k = training particles; active units: dimensions with posterior-mean "
-        "variance over the test set above 0.01; probe acc.: logistic regression on posterior means.",
+        "variance over the test set above 0.01; probe acc.: logistic regression on posterior means."
+        + (" AIS: annealed importance sampling from q(z|x) to p(z|x) with HMC (AIS steps intermediate "
+           "distributions, AIS chains per point) on the first AIS points test points; AIS s.e. is over "
+           "points, AIS MC s.e. the mean per-point Monte Carlo error across chains; IS - AIS = IS NLL "
+           "minus AIS NLL on the same points (nats IS misses), overall and where IS k-hat is above 0.7."
+           if with_ais else ""),
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -94,8 +106,15 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
             units,
             _fmt(row.get("kl_per_dim"), 3), _fmt(row.get("probe_accuracy"), 3),
             _fmt(row.get("published_nll")), row.get("published_budget") or "–",
-            row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error', '')}",
         ]
+        if with_ais:
+            cells += [
+                _fmt(row.get("ais_nll")), _fmt(row.get("ais_nll_stderr")), _fmt(row.get("ais_mc_stderr")),
+                _fmt(row.get("ais_steps"), 0), _fmt(row.get("ais_chains"), 0), _fmt(row.get("ais_points"), 0),
+                _fmt(row.get("ais_seconds"), 1), _fmt(row.get("is_minus_ais_nll")),
+                _fmt(row.get("is_minus_ais_nll_khat_above_0.7")),
+            ]
+        cells.append(row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error', '')}")
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     sources = sorted({row["published_source"] for row in rows if row.get("published_source")})
     if sources:

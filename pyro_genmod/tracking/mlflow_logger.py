@@ -9,13 +9,12 @@ from pathlib import Path
 
 from ..callbacks import EpochEnd, FitStart, StepEnd
 from ..errors import ConfigError
+from ..folders import MLFLOW_RUN_FILE as RUN_ID_FILE
 from ..folders import RUN_FILES
 from ..runs import atomic_write_text
 from .base import Logger, RunInfo, flat_params, register_logger, require
 
 __all__ = ["RUN_ID_FILE", "MLflowLogger"]
-
-RUN_ID_FILE = "mlflow-run.json"  # in the run folder: which MLflow run a resumed fit continues
 
 
 def _is_file_store(uri: str) -> bool:
