@@ -39,7 +39,13 @@ from torch.distributions import biject_to, constraints
 
 from .arviz_bridge import psis_khat
 from .checks import check_positive_int
-from .densities import _contract_densities, _log_prob, _runs_contract_programs, _Unvalidated, score_program
+from .densities import (
+    _contract_densities,
+    _log_prob,
+    _runs_contract_programs,
+    _Unvalidated,
+    score_program,
+)
 from .errors import ConfigError
 from .estimates import LogLikelihood
 from .latents import check_pair, describe_support
@@ -47,7 +53,13 @@ from .programs import as_guide, as_model
 from .seeding import seeded
 
 __all__ = [
-    "AISResult", "AISLogLikelihood", "BDMCResult", "ais_log_weights", "ais_log_likelihood", "annealing_schedule", "bdmc",
+    "AISLogLikelihood",
+    "AISResult",
+    "BDMCResult",
+    "ais_log_likelihood",
+    "ais_log_weights",
+    "annealing_schedule",
+    "bdmc",
 ]
 
 

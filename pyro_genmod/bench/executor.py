@@ -22,7 +22,13 @@ from pyro_genmod.tracking import RunInfo, create_loggers
 from pyro_genmod.train import fit
 
 from .config import BenchConfig, Cell
-from .metrics import active_units, ais_columns, blockwise_log_likelihood, kl_per_dimension, linear_probe_accuracy
+from .metrics import (
+    active_units,
+    ais_columns,
+    blockwise_log_likelihood,
+    kl_per_dimension,
+    linear_probe_accuracy,
+)
 from .report import read_result, write_result
 
 __all__ = ["run_cell", "run_cells", "pending_cells"]

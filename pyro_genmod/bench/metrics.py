@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_genmod.ais import AISLogLikelihood
 from pyro_genmod.densities import latent_log_ratios
 from pyro_genmod.errors import ConfigError
-from pyro_genmod.ais import AISLogLikelihood
 from pyro_genmod.importance import LogLikelihood, log_likelihood
 from pyro_genmod.seeding import seeded
 
-__all__ = ["active_units", "kl_per_dimension", "linear_probe_accuracy", "blockwise_log_likelihood", "ais_columns"]
+__all__ = ["active_units", "ais_columns", "blockwise_log_likelihood", "kl_per_dimension", "linear_probe_accuracy"]
 
 
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
@@ -106,8 +106,8 @@ def blockwise_log_likelihood(
             parts.append({key: saved[key] for key in ("per_point", "elbo", "khat", *extra)})
             seconds += float(saved["seconds"])
     joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    common = dict(per_point=torch.from_numpy(joined["per_point"]), elbo=torch.from_numpy(joined["elbo"]),
-                  khat=joined["khat"], num_samples=num_samples)
+    common = {"per_point": torch.from_numpy(joined["per_point"]), "elbo": torch.from_numpy(joined["elbo"]),
+              "khat": joined["khat"], "num_samples": num_samples}
     if method == "ais":
         ll = AISLogLikelihood(**common, mc_stderr=torch.from_numpy(joined["mc_stderr"]),
                               acceptance=torch.from_numpy(joined["acceptance"]),

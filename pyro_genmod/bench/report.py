@@ -18,8 +18,16 @@ from pyro_genmod.folders import FolderLock, atomic_write_text
 
 from .config import BenchConfig, Cell
 
-__all__ = ["COLUMNS", "RESULT_FILE", "markdown_table", "read_rows", "write_results", "read_result",
-           "write_result", "collect"]
+__all__ = [
+    "COLUMNS",
+    "RESULT_FILE",
+    "collect",
+    "markdown_table",
+    "read_result",
+    "read_rows",
+    "write_result",
+    "write_results",
+]
 
 RESULT_FILE = "result.json"
 _MIGRATED = ".results-from-csv"  # in the runs folder: the old CSV's rows were moved to result files
