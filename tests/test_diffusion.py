@@ -205,6 +205,11 @@ def test_cli_kill_and_resume_is_bitwise_exact(tmp_path):
     assert metrics[0] == metrics[1]
     config = json.loads((ref / "config.json").read_text())
     assert config["guide"]["name"] == "forward_process" and config["training"]["objective"] == "diffusion_elbo"
+    # genmod sample writes an image grid of new digits
+    from pyro_genmod.cli import main
+
+    assert main(["sample", str(ref), "-n", "16", "--out", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # image data: bits per dimension beside nats
     m = metrics[0]
     assert m["test_bits_per_dim"] == pytest.approx(-m["test_log_likelihood"] / (64 * math.log(2)))
