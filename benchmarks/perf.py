@@ -9,6 +9,7 @@ reported as ratios against a hand-written PyTorch baseline doing the same work.
     python -m benchmarks.perf scaling        # 2. cost in K and in the number of points
     python -m benchmarks.perf protocol       # 2. K=5000 on the 10,000 MNIST test images: wall time, peak RSS
     python -m benchmarks.perf e2e            # 3. default `genmod train`, one MNIST epoch (Burda one-layer)
+    python -m benchmarks.perf ais            # 5. AIS throughput vs a hand-written batched AIS loop (perf.md section 5)
     python -m benchmarks.perf report         # write perf.md
 """
 
@@ -697,7 +698,131 @@ def write_report(folder: Path, out: Path) -> Path:
     return out
 
 
-SECTIONS = {"svi": bench_svi, "scorer": bench_scorer, "scaling": bench_scaling, "protocol": bench_protocol, "e2e": bench_e2e}
+# ---------------------------------------------------------------- 5. AIS (issue 15)
+
+
+def hand_ais(model, guide, x, chains: int, steps: int, leapfrog: int, step_size: float = 0.05,
+             target_accept: float = 0.65):
+    """Hand-written batched AIS for the mean-field VAE: the encoder once, then on the same sigmoid
+    path as the zoo one HMC transition per step on (chains, points) rows, each a fused
+    log-density of the Normal prior, the Bernoulli decoder and the diagonal Normal q, with the
+    zoo's per-point step-size rule. Returns the per-point estimates."""
+    from pyro_genmod.ais import annealing_schedule
+
+    flat = x.reshape(x.shape[0], -1)
+    with torch.no_grad():
+        loc, raw = guide.encoder(flat).split(model.latent_dim, dim=-1)
+        scale = F.softplus(raw) + 1e-4
+    target = flat.expand(chains, *flat.shape)
+
+    def parts(z):
+        log_p = -0.5 * z.square().sum(-1) - F.binary_cross_entropy_with_logits(
+            model.decoder(z), target, reduction="none").sum(-1)
+        log_q = -0.5 * ((z - loc) / scale).square().sum(-1) - scale.log().sum(-1)
+        return log_p, log_q  # both up to the same constant, which cancels in p - q
+
+    def grad(z, beta):
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            log_p, log_q = parts(z)
+            value = (1 - beta) * log_q + beta * log_p
+            (g,) = torch.autograd.grad(value.sum(), z)
+        return g, value.detach(), log_p.detach(), log_q.detach()
+
+    betas = annealing_schedule(steps).tolist()
+    z = loc + scale * torch.randn(chains, *loc.shape)
+    eps = torch.full((x.shape[0], 1), step_size)
+    log_w = torch.zeros(chains, x.shape[0])
+    with torch.no_grad():
+        log_p, log_q = parts(z)
+    for t in range(1, len(betas)):
+        log_w += (betas[t] - betas[t - 1]) * (log_p - log_q)
+        if t == len(betas) - 1:
+            break
+        beta = betas[t]
+        m0 = torch.randn_like(z)
+        g, v0, p0, q0 = grad(z, beta)
+        m, new = m0 + 0.5 * eps * g, z
+        for i in range(leapfrog):
+            new = new + eps * m
+            g, v, p1, q1 = grad(new, beta)
+            m = m + (0.5 if i == leapfrog - 1 else 1.0) * eps * g
+        log_a = (v - 0.5 * m.square().sum(-1)) - (v0 - 0.5 * m0.square().sum(-1))
+        log_a = torch.where(torch.isfinite(log_a), log_a, torch.full_like(log_a, -math.inf))
+        accept = torch.rand_like(log_a).log() < log_a
+        z = torch.where(accept.unsqueeze(-1), new, z)
+        log_p, log_q = torch.where(accept, p1, p0), torch.where(accept, q1, q0)
+        rate = accept.float().mean(0)
+        eps = eps * torch.exp(0.5 * (rate - target_accept)).clamp(0.5, 2.0).unsqueeze(-1)
+    return torch.logsumexp(log_w, 0) - math.log(chains)
+
+
+def bench_ais(args) -> dict:
+    """AIS throughput, (point, chain) rows x steps per second: ``pg.log_likelihood(method="ais")``
+    against :func:`hand_ais` on the same network and settings, interleaved."""
+    model, guide = vae_pair(args.device)
+    x = test_images(args.points, args.device)
+    chains, steps, leapfrog = args.chains, args.steps, args.leapfrog
+    fns = {
+        "hand": lambda: hand_ais(model, guide, x, chains, steps, leapfrog),
+        "zoo": lambda: pg.log_likelihood(model, guide, x, chains, method="ais", num_steps=steps,
+                                         leapfrog_steps=leapfrog, khat=False),
+    }
+    for p in [*model.parameters(), *guide.parameters()]:
+        p.requires_grad_(False)  # both sides hold the networks fixed (the zoo does so itself)
+    for fn in fns.values():
+        fn()
+    res = interleaved(fns, rounds=args.rounds, block=1, baseline="hand")
+    work = x.shape[0] * chains * steps
+    for r in res.values():
+        r["throughput"] = work / r["wall"]["median_s"]
+        r["cpu_throughput"] = work / r["cpu"]["median_s"]
+    return {
+        "setup": f"VAE 784-400-20, {x.shape[0]} points x {chains} chains x T={steps} steps, {leapfrog} "
+        f"leapfrog steps, {args.rounds} interleaved rounds",
+        "results": res,
+    }
+
+
+def ais_markdown(result: dict) -> str:
+    """The AIS section of perf.md, from ``ais.json``."""
+    zoo, hand = result["results"]["zoo"], result["results"]["hand"]
+    wall, cpu = 1 / zoo["wall"]["ratio"], 1 / zoo["cpu"]["ratio"]
+    return "\n".join([
+        "## 5. AIS throughput (issue 15)",
+        "",
+        f"{_machine_line(result)}. {result['setup']}. Throughput in (point, chain) rows x annealing steps "
+        "per second; each step is one HMC transition of the given leapfrog steps. Baseline: `hand_ais` in "
+        "`benchmarks/perf.py`, a hand-written batched AIS loop on the same networks (encoder run once, "
+        "fused Normal/Bernoulli log-densities, same path, same step-size rule).",
+        "",
+        "| | hand-written | `pg.log_likelihood(method=\"ais\")` | zoo / hand (median of per-round ratios) | target |",
+        "|---|---|---|---|---|",
+        f"| wall | {hand['throughput']:,.0f} /s | {zoo['throughput']:,.0f} /s | {wall:.3f}x{_ci(zoo['wall'])} of time "
+        f"inverted | >= 0.9x: {_verdict(wall >= 0.9)} |",
+        f"| CPU | {hand['cpu_throughput']:,.0f} /s | {zoo['cpu_throughput']:,.0f} /s | {cpu:.3f}x | >= 0.9x: "
+        f"{_verdict(cpu >= 0.9)} |",
+        "",
+    ])
+
+
+def append_section(out: Path, heading: str, text: str) -> None:
+    """Put ``text`` into ``out`` in place of the section that starts with ``heading`` (up to the next
+    ``## ``), or at the end: the other sections are left as they are."""
+    from pyro_genmod.folders import atomic_write_text
+
+    old = out.read_text() if out.exists() else ""
+    start = old.find(heading)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(heading))
+        new = old[:start] + text + ("" if end < 0 else old[end + 1:])
+    atomic_write_text(out, new)
+
+
+SECTIONS = {"svi": bench_svi, "scorer": bench_scorer, "scaling": bench_scaling, "protocol": bench_protocol, "e2e": bench_e2e,
+            "ais": bench_ais}
 
 
 def main(argv=None) -> int:
@@ -710,16 +835,22 @@ def main(argv=None) -> int:
     parser.add_argument("--points", type=int, default=None)
     parser.add_argument("--importance-points", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="skip JitTrace_ELBO")
+    parser.add_argument("--chains", type=int, default=4, help="ais: chains per point")
+    parser.add_argument("--steps", type=int, default=20, help="ais: annealing steps")
+    parser.add_argument("--leapfrog", type=int, default=5, help="ais: leapfrog steps per transition")
     args = parser.parse_args(argv)
     if args.section == "report":
         print(write_report(RESULTS, RESULTS.parent / "perf.md"))
         return 0
-    defaults = {"scorer": (1000, 130), "scaling": (None, 100), "protocol": (5000, None)}
+    defaults = {"scorer": (1000, 130), "scaling": (None, 100), "protocol": (5000, None), "ais": (None, 100)}
     k, points = defaults.get(args.section, (None, None))
     args.k = args.k or k
     args.points = args.points or points
     args.rounds = args.rounds or (60 if args.section == "svi" else 30)
     save(args.section, SECTIONS[args.section](args))
+    if args.section == "ais":  # its own section of perf.md, the others left as they are
+        result = json.loads((RESULTS / "ais.json").read_text())
+        append_section(RESULTS.parent / "perf.md", "## 5. AIS throughput", ais_markdown(result))
     return 0
 
 
