@@ -15,6 +15,7 @@ from pyro import poutine
 
 import pyro_genmod as pg
 from pyro_genmod.ais import MAX_ENUMERATED, ais_log_likelihood, annealing_schedule
+from pyro_genmod.bench import load_config, run_bench
 from pyro_genmod.cli import main
 
 
@@ -220,3 +221,56 @@ def test_cli_evaluate_with_ais_writes_its_own_file(tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert main(["evaluate", str(run), "--steps", "10"]) == 2
     assert "add --method ais" in capsys.readouterr().err
+
+
+BENCH = """
+name = "ais_smoke"
+runs_dir = "runs"
+results_dir = "results"
+[grid]
+datasets = ["digits"]
+models = ["vae"]
+guides = ["mean_field"]
+objectives = ["trace_elbo"]
+[training]
+epochs = 1
+batch_size = 256
+[evaluation]
+num_samples = 50
+max_points = 12
+probe_points = 200
+{evaluation}
+[models.vae]
+latent_dim = 3
+hidden = [16]
+[guides.mean_field]
+hidden = [16]
+"""
+
+
+def test_bench_configs_take_ais_and_the_tables_get_its_columns(tmp_path, capsys):
+    """Bad method keys are refused when the config is read (before any cell runs); a grid with
+    methods = ["is", "ais"] has the AIS columns beside IS, on the same points."""
+    for bad, message in (
+        ('methods = ["ais"]', "write methods = \\[\"is\"\\] or \\[\"is\", \"ais\"\\]"),
+        ("ais_steps = 0", "ais_steps must be a positive integer"),
+        ("ais_chains = 2.5", "ais_chains must be a positive integer"),
+        ("ais_step_size = -0.1", "ais_step_size must be a positive number"),
+    ):
+        path = tmp_path / "bad.toml"
+        path.write_text(BENCH.format(evaluation=bad))
+        with pytest.raises(pg.ConfigError, match=message):
+            load_config(path)
+        capsys.readouterr()
+        assert main(["bench", str(path), "--quiet"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+        assert not (tmp_path / "runs").exists()  # nothing ran
+    path = tmp_path / "ais.toml"
+    path.write_text(BENCH.format(evaluation='methods = ["is", "ais"]\nais_steps = 3\nais_chains = 2\nais_points = 8'))
+    rows = run_bench(path, progress=False)
+    (row,) = rows
+    assert row["status"] == "ok", row
+    assert int(row["ais_points"]) == 8 and int(row["ais_steps"]) == 3 and int(row["ais_chains"]) == 2
+    assert float(row["ais_nll_stderr"]) > 0 and float(row["ais_seconds"]) > 0
+    table = (tmp_path / "results" / "ais_smoke.md").read_text()
+    assert "| AIS NLL | AIS s.e." in table and "IS - AIS" in table
