@@ -53,6 +53,12 @@ def test_sites_schedules_and_pairs(digits):
             assert betas.shape == (steps,) and bool((betas > 0).all() and (betas <= 0.999).all())
             assert bool((alpha_bar[1:] < alpha_bar[:-1]).all())
             assert alpha_bar[-1] < 0.01 or (kind, steps) == ("linear", 1)  # ends near pure noise
+    # the conv denoiser and the other likelihoods: a finite bound, samples of the data's shape
+    for options in ({"denoiser": "conv", "channels": 8}, {"likelihood": "gaussian"}, {"likelihood": "discretized_logistic"}):
+        other = pg.create_model("diffusion", digits, num_steps=2, hidden=[16], **options)
+        with torch.no_grad():
+            assert torch.isfinite(diffusion_terms(other, digits.test[:8])["total"]).all(), options
+        assert pg.sample(other, 3, seed=0).shape == (3, 1, 8, 8)
     # registry metadata: the forward process (and the prior, as the IS baseline) only
     assert fitting_guides(model) == ["forward_process", "prior"]
     with pytest.raises(pg.PairingError, match="forward_process"):
