@@ -26,8 +26,10 @@ rank all-reduces every gradient and takes the same update. Otherwise it is built
 search (which walks the autograd graph every step).
 
 Buffers: DDP broadcasts rank 0's buffers when it is built, and by default again before every
-forward. The zoo's buffers are constants (a zero, flow masks and permutations, label logits),
-so that per-step broadcast is skipped unless training can change a buffer
+forward. The zoo's buffers do not change during training (a zero, flow masks and permutations,
+label logits, a fixed Gaussian scale; the autoencoder's code distribution and the ``local``
+guide's points are set outside ``fit``), so that per-step broadcast is skipped unless training
+can change a buffer
 (:func:`buffers_may_change`: a plain Pyro program, or a module tracking running statistics such
 as batch normalization); benchmarks/results/scale.md measures what it costs.
 
