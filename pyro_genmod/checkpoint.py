@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
+from .checks import check_fields
 from .errors import ConfigError, GenmodError, RunFolderError
 from .folders import CHECKPOINT_FILE, _atomic_write
 
@@ -37,6 +38,7 @@ __all__ = [
     "save_checkpoint",
     "Resumed",
     "load_checkpoint",
+    "load_state",
 ]
 
 CHECKPOINT_VERSION = 2  # 2: the digest covers the metadata too
@@ -157,6 +159,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(tensors=tensors, meta=meta, path=path)
 
 
+# what resuming reads from a fit's checkpoint metadata, and the kinds (pyro_genmod.checks.FIELD)
+_META_FIELDS = {
+    "progress": "object", "progress.epoch": "positive int", "progress.step": "count",
+    "progress.epoch_loss": "number", "progress.seconds": "number", "progress.history": "list",
+    "progress.best_epoch": "count or null", "progress.best_value": "number or null",
+    "progress.options": "object", "progress.initial_val_elbo": "number or null",
+    "optimizer": "object", "rng": "object",
+}
+_META_REQUIRED = ("progress", "progress.epoch", "progress.step", "progress.history", "progress.options")
+
+
 # --- training state <-> (tensors, JSON) -------------------------------------------------------
 
 
@@ -209,6 +222,35 @@ def _set_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> 
         state.setdefault(int(index), {})[key] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in saved["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_state(
+    module, state: dict[str, Tensor], where: str,
+    fix: str = "the options in the run's config.json do not build the module it saved",
+) -> None:
+    """``module.load_state_dict(state, strict=True)``; a mismatch raises :class:`RunFolderError`
+    in one line naming the first parameter that differs and both shapes (torch's own message
+    puts them on later lines), or the first missing or unexpected name."""
+    expected = module.state_dict()
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+
+    def more(found: list) -> str:
+        return f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+
+    if shapes:
+        k = shapes[0]
+        problem = (f"parameter '{k}' has shape {tuple(state[k].shape)} in the file but {tuple(expected[k].shape)} "
+                   f"in the rebuilt {type(module).__name__}{more(shapes)}")
+    elif missing:
+        problem = f"parameter '{missing[0]}' of the rebuilt {type(module).__name__} is not in the file{more(missing)}"
+    elif unexpected:
+        problem = f"the file holds parameter '{unexpected[0]}', which the rebuilt {type(module).__name__} has not{more(unexpected)}"
+    else:
+        module.load_state_dict(state, strict=True)
+        return
+    raise RunFolderError(f"{where}: {problem}; {fix}")
 
 
 def _prefixed(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -283,6 +325,8 @@ class Checkpointer:
         ``options``, since continuing under other settings would not be the same run.
         """
         ckpt = self.load()
+        # a version-1 digest does not cover the metadata, and a digest can be recomputed: type it too
+        check_fields(ckpt.meta, _META_FIELDS, f"checkpoint '{self.path}' metadata", RunFolderError, required=_META_REQUIRED)
         try:
             return self._restore(ckpt, model, guide, optimizer, generator, options, ddp)
         except GenmodError:
@@ -303,8 +347,9 @@ class Checkpointer:
                     f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, "
                     f"this call asks for {key}={options.get(key)!r}; use the checkpoint's value"
                 )
-        model.load_state_dict(ckpt.group("model") or {}, strict=True)
-        guide.load_state_dict(ckpt.group("guide") or {}, strict=True)
+        for name, module in (("model", model), ("guide", guide)):
+            load_state(module, ckpt.group(name) or {}, f"checkpoint '{self.path}' does not fit this model and guide ({name})",
+                       "resume with the run's own settings or start again")
         _set_optimizer_state(optimizer, ckpt)
         _set_rng_state(ckpt, generator)
         if ddp is not None:

@@ -15,6 +15,7 @@ __all__ = [
     "available_memory",
     "built_within_memory",
     "check_device",
+    "check_fields",
     "check_memory",
     "check_points",
     "check_positive_int",
@@ -203,3 +204,51 @@ def built_within_memory(build, what: str, fix: str):
 
 def _count(n: float) -> str:
     return f"{n:,.0f}" if n < 1e6 else f"{n / 1e6:,.0f} million" if n < 1e9 else f"{n / 1e9:,.1f} billion"
+
+
+# --- records read back from disk (config.json, checkpoint metadata) -----------------------------
+
+
+def _is_int(low: int | None = None):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+FIELD = {  # the checks check_fields' specs are built from, with what each says it wants
+    "object": (lambda v: isinstance(v, dict), "an object ({...})"),
+    "text": (lambda v: isinstance(v, str) and bool(v), "text"),
+    "text or null": (lambda v: v is None or isinstance(v, str), "text or null"),
+    "list": (lambda v: isinstance(v, list), "a list ([...])"),
+    "positive int": (_is_int(1), "a positive integer"),
+    "positive int or null": (lambda v: v is None or _is_int(1)(v), "a positive integer or null"),
+    "count": (_is_int(0), "a non-negative integer"),
+    "count or null": (lambda v: v is None or _is_int(0)(v), "a non-negative integer or null"),
+    "seed": (lambda v: _is_int(0)(v) and v <= 2**32 - 1, "an integer seed in [0, 2**32 - 1]"),
+    "number": (_is_number, "a number"),
+    "number or null": (lambda v: v is None or _is_number(v), "a number or null"),
+    "positive number": (lambda v: _is_number(v) and v > 0, "a positive number"),
+}
+
+
+def check_fields(record, spec: dict[str, str], where: str, error=ConfigError, required: tuple[str, ...] = ()) -> None:
+    """Check the typed fields of a record read back from disk (a hand-edited ``config.json``,
+    checkpoint metadata): ``spec`` maps a dotted field name to a kind of :data:`FIELD`; a field
+    in ``required`` must be present, others are checked when they are. The first wrong one
+    raises ``error`` naming the field, what it must be and what it holds."""
+    for dotted, kind in spec.items():
+        value, present = record, True
+        for part in dotted.split("."):
+            if not isinstance(value, dict) or part not in value:
+                present = False
+                break
+            value = value[part]
+        if not present:
+            if dotted in required:
+                raise error(f"{where}: field '{dotted}' is missing; restore the file or make it again")
+            continue
+        check, what = FIELD[kind]
+        if not check(value):
+            raise error(f"{where}: field '{dotted}' must be {what}, got {value!r}; restore the file or make it again")

@@ -24,6 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
+from .checkpoint import load_state
+from .checks import check_fields
 from .datasets import Dataset, load_dataset
 from ._registry import dataset_loader
 from .errors import DataError, GenmodError, RunFolderError
@@ -144,6 +146,21 @@ def _read(path: Path) -> bytes:
         raise RunFolderError(f"cannot read '{path}': {error}") from None
 
 
+# the fields of config.json that loading, evaluating and resuming a run read, and their kinds
+_CONFIG_FIELDS = {
+    "model": "object", "model.name": "text", "model.options": "object",
+    "guide": "object", "guide.name": "text", "guide.options": "object",
+    "dataset": "object", "dataset.name": "text", "dataset.options": "object",
+    "training": "object", "training.epochs": "positive int", "training.batch_size": "positive int",
+    "training.lr": "positive number", "training.seed": "seed", "training.objective": "text or null",
+    "training.num_particles": "positive int", "training.early_stopping": "positive int or null",
+    "training.beta": "number", "training.kl_warmup": "count", "training.free_bits": "number",
+    "evaluation": "object", "evaluation.num_samples": "positive int", "evaluation.seed": "seed",
+    "file_sha256": "object",
+}
+_CONFIG_REQUIRED = ("model", "model.name", "guide", "guide.name", "dataset", "dataset.name")
+
+
 def _read_run_files(path: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     missing = [name for name in RUN_FILES if not (path / name).is_file()]
     if missing:
@@ -153,11 +170,18 @@ def _read_run_files(path: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
         )
     config = _json_object(path / "config.json", _read(path / "config.json"))
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int):  # "1" (text) is not version 1
         raise RunFolderError(
-            f"run folder '{path}' has format version {version!r}, but this pyro-genmod reads "
-            f"version {FORMAT_VERSION}; re-run it with this version"
+            f"'{path / 'config.json'}': field 'format_version' must be the integer {FORMAT_VERSION}, got "
+            f"{version!r} (a hand-edited file?); write {FORMAT_VERSION} without quotes, or train the run again"
         )
+    if version != FORMAT_VERSION:
+        newer = "a newer" if version > FORMAT_VERSION else "an older"
+        raise RunFolderError(
+            f"run folder '{path}' has format version {version}, written by {newer} pyro-genmod; this one "
+            f"reads version {FORMAT_VERSION}: load it with the version that wrote it, or train the run again"
+        )
+    check_fields(config, _CONFIG_FIELDS, f"'{path / 'config.json'}'", RunFolderError, required=_CONFIG_REQUIRED)
     raw = {name: _read(path / name) for name in _HASHED}
     metrics = _json_object(path / "metrics.json", raw["metrics.json"])
     try:
@@ -249,10 +273,6 @@ def load_run(path, data: Dataset | None = None, *, trust_code: bool = False, all
         raise RunFolderError(f"cannot rebuild the run in '{path}': {error}") from None
     for prefix, module in (("model.", model), ("guide.", guide)):
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            first = str(error).splitlines()[0]
-            raise RunFolderError(f"parameters in '{path}' do not match the rebuilt {prefix[:-1]}: {first}") from None
+        load_state(module, state, f"parameters in '{path / 'params.safetensors'}' ({prefix[:-1]})")
     model.eval(), guide.eval()
     return Run(path=path, config=config, metrics=metrics, model=model, guide=guide, data=data)

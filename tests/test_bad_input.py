@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import pyro_genmod as pg
-from pyro_genmod.checkpoint import CHECKPOINT_FILE
+from pyro_genmod.bench import load_config
+from pyro_genmod.checkpoint import CHECKPOINT_FILE, _digest
 from pyro_genmod.cli import main
 from pyro_genmod.experiment import resume_experiment, run_experiment
 from pyro_genmod.runs import load_run
@@ -227,6 +230,114 @@ def _digits():
     return pg.load_dataset("digits")
 
 
+def _npy(name: str, x: np.ndarray):
+    def write(tmp):
+        np.save(tmp / name, x)
+        return tmp / name
+
+    return write
+
+
+def _huge_header(tmp):
+    """A .npy whose header claims 10**9 rows of 6 float64 (48 GB) in a 192-byte file."""
+    path = tmp / "huge.npy"
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f8", "fortran_order": False, "shape": (10**9, 6)})
+        handle.write(np.zeros(12).tobytes())
+    return path
+
+
+def _pickle_named_npz(tmp):
+    """A raw pickle saved as .npz: loading it must never unpickle (the payload would create a file)."""
+    path = tmp / "payload.npz"
+    path.write_bytes(pickle.dumps(Payload(tmp / "payload-ran")))
+    return path
+
+
+def _objects_in_npz(tmp):
+    path = tmp / "objects.npz"
+    np.savez(path, x=np.array([{"a": 1}, None], dtype=object))
+    return path
+
+
+def _sample_case(out: str):
+    """``genmod sample --out`` where no file can be written; the API writes through atomic_write."""
+
+    def setup(tmp, run):
+        api = lambda: pg.runs.atomic_write(out, lambda t: Path(t).write_bytes(b"x"), what="image")  # noqa: E731
+        return ["sample", str(run), "-n", "4", "--out", out], api, pg.RunFolderError, f"cannot write image '{out}'"
+
+    return setup
+
+
+def _diagnose_few_draws(tmp, run):
+    loaded = load_run(run)
+    api = lambda: pg.diagnose(loaded.model, loaded.guide, loaded.data.test[:1], num_draws=2)  # noqa: E731
+    return (["diagnose", str(run), "--draws", "2", "--warmup", "5", "--out", str(tmp / "diag")], api, pg.ConfigError,
+            "must be at least 4, got 2")
+
+
+def _x():
+    return pg.load_dataset("digits").test[:3]
+
+
+_BENCH = """name = "bad"
+[grid]
+datasets = ["digits"]
+models = ["vae"]
+guides = ["mean_field"]
+objectives = ["trace_elbo"]
+[training]
+epochs = 1
+"""
+
+
+def _bench_case(edit, match: str):
+    """A benchmark config with one mistake: ``genmod bench`` and ``load_config`` refuse it whole."""
+
+    def setup(tmp, run):
+        path = tmp / "bad.toml"
+        text = edit(_BENCH)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return ["bench", str(path), "--quiet"], lambda: load_config(path), pg.ConfigError, match
+
+    return setup
+
+
+def _edit_config(dotted: str, value=None, delete: bool = False):
+    """Hand-edit one field of a run's config.json."""
+
+    def edit(copy: Path) -> None:
+        config = json.loads((copy / "config.json").read_text())
+        *parents, last = dotted.split(".")
+        table = config
+        for part in parents:
+            table = table[part]
+        if delete:
+            del table[last]
+        else:
+            table[last] = value
+        (copy / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+def _edit_checkpoint_meta(key: str, value):
+    """Hand-edit a progress field of an interrupted run's checkpoint, its SHA-256 recomputed to match."""
+
+    def edit(copy: Path) -> None:
+        path = _interrupt(copy) / CHECKPOINT_FILE
+        with safe_open(str(path), framework="pt") as handle:
+            (meta_key, text), = handle.metadata().items()
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        meta = json.loads(text)
+        meta["progress"][key] = value
+        meta["sha256"] = _digest(tensors, {k: v for k, v in meta.items() if k != "sha256"})
+        save_file(tensors, str(path), metadata={meta_key: json.dumps(meta)})
+
+    return edit
+
+
 CASES = [
     Case("unknown optimizer", _simple(
         ["--optimizer", "adamm"], lambda: _fit(_digits(), optimizer="adamm"), pg.ConfigError, "unknown optimizer 'adamm'")),
@@ -305,6 +416,88 @@ CASES = [
     Case("resume from a pickle payload", resume_case(_pickle_checkpoint, "pickle")),
     Case("resume with a changed option", resume_case(
         _interrupt, "lr", extra=("--lr", "0.5"), api=_resume_with_lr, error=pg.ConfigError)),
+    Case("unknown device", _simple(
+        ["--device", "bogus"], lambda: _fit(_digits(), device="bogus"), pg.ConfigError, "unknown device 'bogus'")),
+    *([Case("cuda without a GPU", _simple(
+        ["--device", "cuda"], lambda: _fit(_digits(), device="cuda"), pg.ConfigError, "needs a CUDA GPU"))]
+      if not torch.cuda.is_available() else []),
+    Case("negative seed", _simple(
+        ["--seed", "-1"], lambda: _fit(_digits(), seed=-1), pg.ConfigError, "from 0 to 4294967295 (2**32 - 1), got -1")),
+    Case("seed above 2**64 - 1", _simple(
+        ["--seed", str(2**64)], lambda: pg.log_likelihood(*_pair(), _x(), 10, seed=2**64), pg.ConfigError,
+        f"from 0 to 4294967295 (2**32 - 1), got {2**64}")),
+    Case("seed above 2**32 - 1, which numpy's legacy seeding refuses", _simple(
+        ["--seed", str(2**32)], lambda: pg.sample(_pair()[0], 2, seed=2**32), pg.ConfigError,
+        f"got {2**32}")),
+    Case("evaluate with a negative seed", lambda tmp, run: (
+        ["evaluate", str(run), "--seed", "-5"], lambda: pg.log_likelihood(*_pair(), _x(), 10, seed=-5),
+        pg.ConfigError, "got -5")),
+    Case("file dataset without a path", lambda tmp, run: (
+        _train(tmp, "--dataset", "file"), lambda: pg.load_dataset("file"), pg.ConfigError,
+        "dataset 'file' needs the path of a .npy, .npz or .csv file")),
+    Case("timedelta values in a .npy", _file_case(
+        _npy("td.npy", _binary().astype("m8[s]")), "holds timedelta64[s] (timedelta) values")),
+    Case("datetime values in a .npy", _file_case(
+        _npy("dt.npy", np.zeros((40, 6), dtype="M8[D]")), "holds datetime64[D] (datetime) values")),
+    Case("complex values in a .npy", _file_case(_npy("c.npy", _binary().astype(np.complex64)), "(complex) values")),
+    Case("text in a .npy", _file_case(_npy("s.npy", np.full((40, 6), "a")), "(text) values")),
+    Case("a .npy header claiming 10**9 rows", _file_case(
+        _huge_header, "the header claims shape (1000000000, 6) of float64 (48,000,000,000 bytes)")),
+    Case("a raw pickle named .npz", _file_case(_pickle_named_npz, "would need unpickling")),
+    Case("an object array inside a .npz", _file_case(_objects_in_npz, "would need unpickling")),
+    Case("sample --out in a read-only file system", _sample_case("/sys/genmod-grid.png")),
+    Case("diagnose with too few draws for split R-hat", _diagnose_few_draws),
+    Case("a latent dimension whose parameters cannot fit in memory", _simple(
+        ["--latent-dim", str(10**10)], lambda: pg.create_model("vae", (1, 8, 8), latent_dim=10**10), pg.ConfigError,
+        "billion parameters, needs at least")),
+    Case("particles whose training step cannot fit in memory", _simple(
+        ["--num-particles", str(10**8)], lambda: _fit(_digits(), num_particles=10**8), pg.ConfigError,
+        "x 100000000 particles (points of shape (1, 8, 8)) needs at least")),
+    Case("K = true", _simple(
+        ["-K", "true"], lambda: pg.log_likelihood(*_pair(), _x(), True), pg.ConfigError, "positive integer, got")),
+    Case("bench grid datasets not a list", _bench_case(
+        lambda t: t.replace('datasets = ["digits"]', 'datasets = "digits"'),
+        "[grid]: 'datasets' must be a list of dataset names, got 'digits'")),
+    Case("bench grid seeds of the wrong type", _bench_case(
+        lambda t: t.replace('objectives = ["trace_elbo"]', 'objectives = ["trace_elbo"]\nseeds = ["0"]'),
+        "'seeds' must be a list of integer seeds")),
+    Case("bench grid with an unknown key", _bench_case(
+        lambda t: t.replace('guides = ["mean_field"]', 'guides = ["mean_field"]\nmodel = ["vae"]'),
+        "[grid] has an unknown key 'model'")),
+    Case("bench training with an unknown key", _bench_case(
+        lambda t: t.replace("epochs = 1", "epoch = 1"), "[training] has an unknown key 'epoch'")),
+    Case("bench training value of the wrong type", _bench_case(
+        lambda t: t.replace("epochs = 1", 'epochs = "ten"'), "'epochs' must be an integer, got 'ten'")),
+    Case("bench evaluation value of the wrong type", _bench_case(
+        lambda t: t + "[evaluation]\nnum_samples = 0\n", "'num_samples' must be a positive integer, got 0")),
+    Case("bench published number as text", _bench_case(
+        lambda t: t + '[[published]]\ndataset = "digits"\nnll = "86.7"\n', "'nll' must be a number (nats), got '86.7'")),
+    Case("bench published as a table, not an array", _bench_case(
+        lambda t: t + '[published]\nnll = 86.7\n', "published must be an array of tables")),
+    Case("bench model options not a table", _bench_case(
+        lambda t: t + '[models]\nvae = 3\n', "[models.vae] must be a table of options")),
+    Case("bench override matching an unknown field", _bench_case(
+        lambda t: t + '[[overrides]]\nmatch = {modle = "vae"}\n', "match has an unknown key 'modle'")),
+    Case("config.json with the format version as text", evaluate_case(
+        _edit_config("format_version", "1"), "field 'format_version' must be the integer 1, got '1'")),
+    Case("config.json from a newer version", evaluate_case(
+        _edit_config("format_version", 9), "written by a newer pyro-genmod")),
+    Case("config.json with epochs as text", evaluate_case(
+        _edit_config("training.epochs", "three"), "field 'training.epochs' must be a positive integer, got 'three'")),
+    Case("config.json with model options as a list", evaluate_case(
+        _edit_config("model.options", [8]), "field 'model.options' must be an object")),
+    Case("config.json with a negative evaluation seed", evaluate_case(
+        _edit_config("evaluation.seed", -1), "field 'evaluation.seed' must be an integer seed")),
+    Case("config.json without the dataset's name", evaluate_case(
+        _edit_config("dataset.name", delete=True), "field 'dataset.name' is missing")),
+    Case("config.json whose options build other shapes", evaluate_case(
+        _edit_config("model.options.latent_dim", 3), "has shape (8, 2) in the file but (8, 3) in the rebuilt")),
+    Case("checkpoint metadata with the epoch as text", resume_case(
+        _edit_checkpoint_meta("epoch", "2"), "field 'progress.epoch' must be a positive integer, got '2'")),
+    Case("checkpoint metadata with a negative step", resume_case(
+        _edit_checkpoint_meta("step", -1), "field 'progress.step' must be a non-negative integer, got -1")),
+    Case("bench config that is not UTF-8", _bench_case(
+        lambda t: t.replace('"bad"', '"bad"  # caf\xe9').encode("latin-1"), "is not UTF-8 text (byte 0xe9")),
 ]
 
 
@@ -346,3 +539,70 @@ def test_batch_larger_than_the_dataset_trains_full_batch_and_says_so(tmp_path, c
     assert "every step uses the whole training set" in capsys.readouterr().err
     history = (out / "history.csv").read_text().splitlines()
     assert len(history) == 2  # one epoch, of one full-batch step
+
+
+# --- the Python API alone: inputs the command line cannot express -------------------------------
+
+
+def _swapped_fit():
+    model, guide = _pair()
+    pg.fit(guide, model, _digits(), epochs=1, progress=False)
+
+
+def _nan_points():
+    x = _x().clone()
+    x[1, 0, 2, 3] = float("nan")
+    return x
+
+
+API_CASES = [
+    ("encode a list", lambda: pg.encode(_pair()[1], _x().tolist()), pg.DataError, "must be a torch.Tensor of points"),
+    ("encode NaN", lambda: pg.encode(_pair()[1], _nan_points()), pg.DataError, "NaN or inf values, first in row 1"),
+    ("encode points of another shape", lambda: pg.encode(_pair()[1], _x()[:, :, :4]), pg.DataError,
+     "point shape (1, 4, 8) but guide 'mean_field' was built for points of shape (1, 8, 8)"),
+    ("encode no points", lambda: pg.encode(_pair()[1], _x()[:0]), pg.DataError, "is empty"),
+    ("encode num_samples=True", lambda: pg.encode(_pair()[1], _x(), num_samples=True), pg.ConfigError,
+     "num_samples must be a positive integer, got True"),
+    ("encode mc_samples=0", lambda: pg.encode(_pair()[1], _x(), mc_samples=0), pg.ConfigError,
+     "mc_samples must be a positive integer, got 0"),
+    ("encode given the model", lambda: pg.encode(_pair()[0], _x()), pg.ConfigError, "passed as the guide but is a model"),
+    ("log_likelihood with (guide, model)", lambda: pg.log_likelihood(*reversed(_pair()), _x(), 10), pg.ConfigError,
+     "passed as the model but is a guide"),
+    ("fit with (guide, model)", _swapped_fit, pg.ConfigError, "passed as the model but is a guide"),
+    ("inference_gaps with (guide, model)", lambda: pg.inference_gaps(*reversed(_pair()), _x(), num_samples=10),
+     pg.ConfigError, "passed as the model but is a guide"),
+    ("log_likelihood num_samples=True", lambda: pg.log_likelihood(*_pair(), _x(), True), pg.ConfigError,
+     "must be a positive integer, got True"),
+    ("log_likelihood max_rows=True", lambda: pg.log_likelihood(*_pair(), _x(), 10, max_rows=True), pg.ConfigError,
+     "max_rows must be a positive integer, got True"),
+    ("log_likelihood a list", lambda: pg.log_likelihood(*_pair(), _x().tolist(), 10), pg.DataError,
+     "must be a torch.Tensor of points"),
+    ("log_likelihood complex points", lambda: pg.log_likelihood(*_pair(), _x().to(torch.complex64), 10), pg.DataError,
+     "complex values"),
+    ("log_likelihood an object array", lambda: pg.log_likelihood(*_pair(), np.array([[None]] * 3), 10), pg.DataError,
+     "holds object values"),
+    ("log_likelihood a fractional seed", lambda: pg.log_likelihood(*_pair(), _x(), 10, seed=1.5), pg.ConfigError,
+     "got 1.5"),
+    ("inference_gaps a negative seed", lambda: pg.inference_gaps(*_pair(), _x(), num_samples=10, seed=-1),
+     pg.ConfigError, "got -1"),
+    ("sample num_samples=True", lambda: pg.sample(_pair()[0], True), pg.ConfigError, "positive integer, got True"),
+    ("sample a negative seed", lambda: pg.sample(_pair()[0], 3, seed=-2), pg.ConfigError, "got -2"),
+    ("fit a boolean seed", lambda: _fit(_digits(), seed=True), pg.ConfigError, "got True"),
+    ("file dataset path that is not a name", lambda: pg.load_dataset("file", path=3), pg.ConfigError,
+     "option 'path' must be text, got 3"),
+]
+
+
+def test_the_whole_catalogue_has_at_least_80_cases():
+    assert len(CASES) + len(API_CASES) >= 80, (len(CASES), len(API_CASES))
+    assert len({name for name, *_ in API_CASES}) == len(API_CASES)
+
+
+@pytest.mark.parametrize("call, error, match", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_bad_api_input(call, error, match, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error) as caught:
+        call()
+    assert match.lower() in str(caught.value).lower(), (match, str(caught.value))
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == [], "the API wrote files"

@@ -409,3 +409,127 @@ def test_genmod_version_prints_the_package_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"pyro-genmod {pg.__version__}" == f"pyro-genmod {version('pyro-genmod')}"
+
+
+# --- resource limits: scoring with any K holds a bounded number of weights ---------------------
+
+
+def _small_pair(digits):
+    torch.manual_seed(0)
+    model = pg.create_model("vae", digits, latent_dim=2, hidden=[8])
+    return model, pg.create_guide("mean_field", model, hidden=[8])
+
+
+def test_streamed_scoring_gives_the_numbers_of_scoring_all_k_weights_at_once(digits):
+    """K above max_rows is streamed; the estimate, the ELBO and PSIS k-hat are those of the whole
+    (K, N) matrix of the same draws (k-hat: arviz.psislw on all K weights)."""
+    from pyro_genmod.arviz_bridge import psis_khat
+    from pyro_genmod.importance import log_importance_weights
+    from pyro_genmod.seeding import seeded
+
+    model, guide = _small_pair(digits)
+    x, k, rows = digits.test[:3], 1500, 400
+    ll = pg.log_likelihood(model, guide, x, k, max_rows=rows, seed=3)
+    with seeded(3), torch.no_grad():  # the same draws, in the same chunks, kept whole
+        w = torch.cat([
+            torch.cat([log_importance_weights(model, guide, x[i : i + 1], min(rows, k - j)) for j in range(0, k, rows)])
+            for i in range(3)
+        ], dim=1).double()
+    torch.testing.assert_close(ll.per_point, (torch.logsumexp(w, 0) - math.log(k)).float())
+    torch.testing.assert_close(ll.elbo, w.mean(0).float())
+    np.testing.assert_allclose(ll.khat, psis_khat(w.T.numpy()), rtol=1e-12)
+    assert np.isfinite(ll.khat).all()
+
+
+def test_scoring_never_allocates_a_tensor_of_k_weights(digits):
+    """Every tensor torch makes while scoring K = 40,000 with max_rows = 256 is far smaller than K:
+    the decoder's chunk (256 x 64) and the PSIS tail (601 weights), not a (K, N) matrix."""
+    from torch.overrides import TorchFunctionMode
+
+    class Largest(TorchFunctionMode):
+        numel = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    model, guide = _small_pair(digits)
+    k = 40_000
+    with Largest():
+        ll = pg.log_likelihood(model, guide, digits.test[:1], k, max_rows=256, seed=0)
+    assert np.isfinite(ll.khat).all() and torch.isfinite(ll.per_point).all()
+    assert 256 * 64 <= Largest.numel < k / 2, Largest.numel
+
+
+def test_scoring_shows_progress_when_asked(digits, capsys):
+    model, guide = _small_pair(digits)
+    pg.log_likelihood(model, guide, digits.test[:2], 600, max_rows=256, seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert "scoring" in err and "1.20k" in err, err  # tqdm counts the 2 x 600 draws
+
+
+# --- points of other dtypes are converted by one rule ------------------------------------------
+
+
+@pytest.mark.parametrize("convert", [
+    lambda x: x.double(), lambda x: x.long(), lambda x: x.bool(), lambda x: x.numpy(), lambda x: x.numpy().astype(">f8"),
+], ids=["float64", "int64", "bool", "ndarray", "big-endian ndarray"])
+def test_points_of_other_dtypes_score_as_their_float32_values(digits, convert):
+    model, guide = _small_pair(digits)
+    x = digits.test[:4]  # binary pixels: every dtype holds them exactly
+    want = pg.log_likelihood(model, guide, x, 50, seed=1)
+    got = pg.log_likelihood(model, guide, convert(x), 50, seed=1)
+    torch.testing.assert_close(got.per_point, want.per_point, rtol=0, atol=0)
+    torch.testing.assert_close(pg.encode(guide, convert(x)), pg.encode(guide, x), rtol=0, atol=0)
+
+
+def test_inference_gaps_convert_float64_points(digits):
+    model, guide = _small_pair(digits)
+    x = digits.test[:2]
+    want = pg.inference_gaps(model, guide, x, num_samples=20, steps=2, num_particles=2, seed=0)
+    got = pg.inference_gaps(model, guide, x.double(), num_samples=20, steps=2, num_particles=2, seed=0)
+    torch.testing.assert_close(got.total, want.total, rtol=0, atol=0)
+
+
+def test_the_largest_seed_is_accepted(digits):
+    model, guide = _small_pair(digits)
+    assert torch.isfinite(pg.log_likelihood(model, guide, digits.test[:2], 5, seed=2**32 - 1, khat=False).per_point).all()
+
+
+# --- data files: byte order, float128, byte-order marks -----------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">i4", np.longdouble, "<f4"], ids=["big-endian float64", "big-endian int32", "float128", "float32"])
+def test_npy_files_of_any_real_dtype_load_as_their_values(tmp_path, dtype):
+    x = (np.random.default_rng(0).random((40, 6)) > 0.5).astype(np.float64)
+    np.save(tmp_path / "native.npy", x)
+    np.save(tmp_path / "other.npy", x.astype(dtype))
+    want = pg.load_dataset("file", path=str(tmp_path / "native.npy"))
+    got = pg.load_dataset("file", path=str(tmp_path / "other.npy"))
+    for split in ("train", "val", "test"):
+        torch.testing.assert_close(getattr(got, split), getattr(want, split), rtol=0, atol=0)
+
+
+def test_a_csv_with_a_utf8_byte_order_mark_loads(tmp_path):
+    rows = "0,1,0\n1,1,0\n" * 10
+    (tmp_path / "plain.csv").write_text(rows, encoding="utf-8")
+    (tmp_path / "bom.csv").write_text(rows, encoding="utf-8-sig")  # as Excel saves "CSV UTF-8"
+    assert (tmp_path / "bom.csv").read_bytes()[:3] == b"\xef\xbb\xbf"
+    want = pg.load_dataset("file", path=str(tmp_path / "plain.csv"))
+    got = pg.load_dataset("file", path=str(tmp_path / "bom.csv"))
+    torch.testing.assert_close(got.train, want.train, rtol=0, atol=0)
+
+
+def test_a_failed_download_is_one_line_naming_where_to_put_the_files(tmp_path, monkeypatch):
+    """torchvision's real downloader, pointed at a closed local port (no network needed or used)."""
+    import torchvision.datasets as tvd
+
+    monkeypatch.setattr(tvd.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(pg.DataError) as caught:
+        pg.load_dataset("mnist", root=str(tmp_path), download=True)
+    message = str(caught.value)
+    assert "\n" not in message and "the download failed" in message, message
+    assert f"'{tmp_path / 'MNIST' / 'raw'}'" in message and "--data-root" in message, message

@@ -504,3 +504,38 @@ def test_written_files_follow_the_umask(tmp_path, finished_run):
     assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(names, 0o664)
     assert image.stat().st_mode & 0o777 == 0o664
     assert out.stat().st_mode & 0o777 == 0o775
+
+
+# --- a full disk while params.safetensors is written -------------------------------------------
+
+
+def test_a_full_disk_while_writing_params_keeps_the_old_run_and_says_so_in_one_line(
+    tmp_path, finished_run, monkeypatch, capsys
+):
+    import errno
+
+    from pyro_genmod import runs
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = {name: _snapshot(run)[name] for name in ("config.json", "metrics.json", "history.csv", "params.safetensors")}
+    write = runs._write_bytes  # the low-level write of every run file
+
+    def full_disk(path: str, payload: bytes) -> None:
+        if Path(path).name.startswith(".params.safetensors."):
+            with open(path, "wb") as handle:  # half the bytes fit, then the disk is full
+                handle.write(payload[: len(payload) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        write(path, payload)
+
+    monkeypatch.setattr(runs, "_write_bytes", full_disk)
+    err = _one_line_error(capsys, ["train", *TINY, "--seed", "5", "--out", str(run), "--overwrite"])
+    assert "No space left on device" in err and str(run) in err, err
+    after = _snapshot(run)
+    assert {name: after[name] for name in before} == before  # the old run's files, byte for byte
+    assert not [p for p in run.rglob(".params.safetensors.*")]  # the half-written temporary is gone
+    assert load_run(run).metrics == json.loads((finished_run / "metrics.json").read_text())
+    monkeypatch.setattr(runs, "_write_bytes", write)  # space again: the same command now replaces the run
+    assert main(["train", *TINY, "--seed", "5", "--out", str(run), "--overwrite"]) == 0
+    assert _snapshot(run)["params.safetensors"] != before["params.safetensors"]
+    assert _leftovers(run) == []

@@ -125,6 +125,122 @@ class BenchConfig:
         return value if value.is_absolute() else base / value
 
 
+# --- the whole config's shape, checked before the first cell ------------------------------------
+# Each section names its keys and what each value must be; a new key is one entry here.
+
+
+def _string(value) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _integer(low: int):
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _list_of(check):
+    return lambda value: isinstance(value, list) and all(check(v) for v in value)
+
+
+def _seed(value) -> bool:
+    return _integer(0)(value) and value <= 2**32 - 1  # pyro.set_rng_seed's range
+
+
+_GRID = {
+    "datasets": (_list_of(_string), "a list of dataset names"),
+    "models": (_list_of(_string), "a list of model names"),
+    "guides": (_list_of(_string), "a list of guide names"),
+    "objectives": (_list_of(_string), "a list of objective names, NAME or NAME:k"),
+    "seeds": (_list_of(_seed), "a list of integer seeds in [0, 2**32 - 1]"),
+}
+_EVALUATION_TYPES = {
+    "num_samples": (_integer(1), "a positive integer"), "seed": (_seed, "an integer seed in [0, 2**32 - 1]"),
+    "max_points": (_integer(1), "a positive integer"), "khat_points": (_integer(0), "a non-negative integer"),
+    "eval_block": (_integer(1), "a positive integer"), "probe_points": (_integer(1), "a positive integer"),
+    "kl_samples": (_integer(1), "a positive integer"),
+}
+_PUBLISHED = {
+    "dataset": (_string, "a dataset name"), "model": (_string, "a model name"),
+    "objective": (_string, "an objective name"), "k": (_integer(1), "a positive integer"),
+    "nll": (_number, "a number (nats)"), "budget": (_string, "text"), "source": (_string, "text"),
+}
+_MATCH = {"dataset": (_string, "a name"), "model": (_string, "a name"), "guide": (_string, "a name"),
+          "objective": (_string, "a name"), "seed": (_seed, "an integer seed")}
+_TABLES = ("training", "evaluation", "datasets", "models", "guides", "slurm")
+
+
+def _check_table(table, spec: dict, where: str, open_keys: bool = False) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table, got {type(table).__name__} {table!r}")
+    for key, value in table.items():
+        if key not in spec:
+            if open_keys:
+                continue
+            raise ConfigError(f"{where} has an unknown key '{key}'; its keys are {sorted(spec)}")
+        check, what = spec[key]
+        if not check(value):
+            raise ConfigError(f"{where}: '{key}' must be {what}, got {value!r}")
+
+
+def _training_spec() -> dict:
+    """What ``[training]`` may hold: the keyword options of :func:`pyro_genmod.fit` (new ones are
+    taken up as fit grows), each of the type of its default where that is a bool, int, float or str."""
+    import inspect
+
+    from pyro_genmod.train import fit
+
+    spec = {}
+    for name, parameter in inspect.signature(fit).parameters.items():
+        if name in ("model", "guide", "data", "progress", "callbacks", "checkpoint", "resume", "distributed", "device"):
+            continue
+        default = parameter.default
+        if isinstance(default, bool):
+            spec[name] = (lambda v: isinstance(v, bool), "true or false")
+        elif isinstance(default, int):
+            spec[name] = (_seed, "an integer seed in [0, 2**32 - 1]") if name == "seed" else (_integer(-(2**63)), "an integer")
+        elif isinstance(default, float):
+            spec[name] = (_number, "a number")
+        else:
+            spec[name] = (lambda v: True, "")
+    return spec
+
+
+def check_types(raw: dict, where: str) -> None:
+    """Check the shape of a whole benchmark config: every table a table, the keys of ``[grid]``,
+    ``[training]``, ``[evaluation]``, ``[[overrides]]`` and ``[[published]]`` known and their values
+    of the right type, so a mistake is reported before the first cell runs rather than by it."""
+    for key in _TABLES:
+        if key in raw and not isinstance(raw[key], dict):
+            raise ConfigError(f"{where}: [{key}] must be a table, got {type(raw[key]).__name__} {raw[key]!r}")
+    for key in ("datasets", "models", "guides"):
+        for name, options in raw.get(key, {}).items():
+            if not isinstance(options, dict):
+                raise ConfigError(f"{where}: [{key}.{name}] must be a table of options, got {options!r}")
+    _check_table(raw.get("grid", {}), _GRID, f"{where}: [grid]")
+    _check_table(raw.get("training", {}), _training_spec(), f"{where}: [training]")
+    _check_table(raw.get("evaluation", {}), _EVALUATION_TYPES, f"{where}: [evaluation]", open_keys=True)
+    overrides = raw.get("overrides", [])
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{where}: overrides must be an array of tables ([[overrides]]), got {overrides!r}")
+    for i, override in enumerate(overrides):
+        section = {"match": (lambda v: isinstance(v, dict), "a table"),
+                   "training": (lambda v: isinstance(v, dict), "a table"),
+                   "evaluation": (lambda v: isinstance(v, dict), "a table")}
+        _check_table(override, section, f"{where}: [[overrides]] number {i + 1}")
+        _check_table(override.get("match", {}), _MATCH, f"{where}: [[overrides]] number {i + 1}, match")
+        _check_table(override.get("training", {}), _training_spec(), f"{where}: [[overrides]] number {i + 1}, training")
+        _check_table(override.get("evaluation", {}), _EVALUATION_TYPES,
+                     f"{where}: [[overrides]] number {i + 1}, evaluation", open_keys=True)
+    published = raw.get("published", [])
+    if not isinstance(published, list):
+        raise ConfigError(f"{where}: published must be an array of tables ([[published]]), got {published!r}")
+    for i, entry in enumerate(published):
+        _check_table(entry, _PUBLISHED, f"{where}: [[published]] number {i + 1}")
+
+
 def load_config(path: str | Path) -> BenchConfig:
     """Read and check a benchmark TOML file; a problem raises :class:`ConfigError` naming it."""
     path = Path(path)
@@ -132,8 +248,14 @@ def load_config(path: str | Path) -> BenchConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"cannot read benchmark config '{path}': {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"benchmark config '{path}' is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"benchmark config '{path}' is not valid TOML: {error}") from None
+    check_types(raw, f"benchmark config '{path}'")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise ConfigError(

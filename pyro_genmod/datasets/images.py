@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -39,10 +41,29 @@ def _idx_split(name: str, class_name: str, root: str | os.PathLike, download: bo
             f"download the .gz files from {cls.mirrors[0]} and gunzip them there, {_DOWNLOAD_HINT}",
         )
     try:
-        split = cls(root=str(root), train=train, download=download)
+        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each failed mirror
+            split = cls(root=str(root), train=train, download=download)
     except (RuntimeError, OSError) as error:
-        raise DataError(f"dataset '{name}': torchvision could not read '{root}': {error}") from None
+        if download:
+            raise _download_failed(
+                name, error, Path(root) / class_name / "raw", f"the .gz files from {cls.mirrors[0]}, gunzipped,"
+            ) from None
+        raise DataError(f"dataset '{name}': torchvision could not read '{root}': {_first_line(error)}") from None
     return split.data, split.targets
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines and lines[0].endswith(":") else (lines[0] if lines else type(error).__name__)
+
+
+def _download_failed(name: str, error: BaseException, folder: Path, what: str) -> DataError:
+    """One line for a failed download: why (the last reason torchvision gives), and where to put
+    the files by hand (the ``--data-root`` layout)."""
+    return DataError(
+        f"dataset '{name}': the download failed ({_first_line(error)}); without network, put {what} in "
+        f"'{folder}' (the layout under --data-root) and run again without download=true"
+    )
 
 
 def _mnist_like(
@@ -138,9 +159,14 @@ def cifar10(
     splits = []
     for train in (True, False):
         try:
-            split = tvd.CIFAR10(root=str(root), train=train, download=download)
+            with contextlib.redirect_stdout(io.StringIO()):
+                split = tvd.CIFAR10(root=str(root), train=train, download=download)
         except (RuntimeError, OSError) as error:
-            raise DataError(f"dataset 'cifar10': torchvision could not read '{root}': {error}") from None
+            if download:
+                raise _download_failed(
+                    "cifar10", error, Path(root), f"{tvd.CIFAR10.url}, extracted (it holds {tvd.CIFAR10.base_folder}/)"
+                ) from None
+            raise DataError(f"dataset 'cifar10': torchvision could not read '{root}': {_first_line(error)}") from None
         images = torch.as_tensor(split.data).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
         splits.append((images, torch.as_tensor(split.targets, dtype=torch.long)))
     (train, train_y), (test, test_y) = splits
@@ -181,7 +207,11 @@ def binarized_mnist(root: str | os.PathLike | None = None, download: bool = Fals
 
         for f in files:
             if not (folder / f).is_file():
-                download_url(BINARIZED_MNIST_URL + f, str(folder), f)
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        download_url(BINARIZED_MNIST_URL + f, str(folder), f)
+                except (RuntimeError, OSError) as error:
+                    raise _download_failed("binarized_mnist", error, folder, f"{', '.join(files)} from {BINARIZED_MNIST_URL}") from None
     require_files(
         "binarized_mnist", folder, files, f"download them from {BINARIZED_MNIST_URL}, {_DOWNLOAD_HINT}"
     )
