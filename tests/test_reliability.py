@@ -533,3 +533,23 @@ def test_a_failed_download_is_one_line_naming_where_to_put_the_files(tmp_path, m
     message = str(caught.value)
     assert "\n" not in message and "the download failed" in message, message
     assert f"'{tmp_path / 'MNIST' / 'raw'}'" in message and "--data-root" in message, message
+
+
+def test_a_truncated_evaluation_block_is_scored_again_not_fatal(digits, tmp_path):
+    """A block file cut short (a crash or a full disk mid-write) is rescored, with a warning; the
+    numbers are those of an evaluation that was never interrupted (block i is seeded seed + i)."""
+    from pyro_genmod.bench.metrics import blockwise_log_likelihood
+
+    model, guide = _small_pair(digits)
+    x = digits.test[:12]
+    kwargs = dict(seed=0, block=5, khat_points=None)
+    clean, _ = blockwise_log_likelihood(model, guide, x, 30, folder=tmp_path / "clean", **kwargs)
+    blockwise_log_likelihood(model, guide, x, 30, folder=tmp_path / "cut", **kwargs)
+    middle = tmp_path / "cut" / "points-000005-000010.npz"
+    middle.write_bytes(middle.read_bytes()[:100])
+    with pytest.warns(RuntimeWarning, match="points-000005-000010.npz' is unreadable"):
+        again, _ = blockwise_log_likelihood(model, guide, x, 30, folder=tmp_path / "cut", **kwargs)
+    torch.testing.assert_close(again.per_point, clean.per_point, rtol=0, atol=0)
+    np.testing.assert_array_equal(again.khat, clean.khat)
+    with np.load(middle) as rewritten, np.load(tmp_path / "clean" / middle.name) as original:
+        np.testing.assert_array_equal(rewritten["per_point"], original["per_point"])  # the block file is whole again

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,19 @@ def linear_probe_accuracy(train_features, train_labels, test_features, test_labe
     return float(probe.score(test_features.numpy(), test_labels.numpy()))
 
 
+def _read_block(path: Path, keys: tuple[str, ...]) -> dict | None:
+    """The arrays of a saved evaluation block, or ``None`` (with a warning) when the file is
+    missing or cannot be read whole: truncated, corrupted, or without one of ``keys``."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {key: saved[key] for key in keys}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        warnings.warn(f"evaluation block '{path}' is unreadable ({error}); scoring it again", RuntimeWarning, stacklevel=3)
+        return None
+
+
 def blockwise_log_likelihood(
     model, proposal, x: torch.Tensor, num_samples: int, *, seed: int, block: int,
     khat_points: int | None, folder: Path, method: str = "is", **ais_options,
@@ -91,7 +106,8 @@ def blockwise_log_likelihood(
     for i, start in enumerate(range(0, x.shape[0], block)):
         stop = min(start + block, x.shape[0])
         path = folder / f"points-{start:06d}-{stop:06d}.npz"
-        if not path.is_file():
+        saved = _read_block(path, ("per_point", "elbo", "khat", "seconds", *extra))
+        if saved is None:  # not scored yet, or cut short (a crash, a full disk): score it again
             began = time.perf_counter()
             with_khat = khat_points is None or start < khat_points
             ll = log_likelihood(model, proposal, x[start:stop], num_samples, seed=seed + i, khat=with_khat,
@@ -102,9 +118,9 @@ def blockwise_log_likelihood(
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # one per writer
             np.savez(tmp, **arrays)
             tmp.replace(path)
-        with np.load(path, allow_pickle=False) as saved:
-            parts.append({key: saved[key] for key in ("per_point", "elbo", "khat", *extra)})
-            seconds += float(saved["seconds"])
+            saved = arrays
+        parts.append({key: saved[key] for key in ("per_point", "elbo", "khat", *extra)})
+        seconds += float(saved["seconds"])
     joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     common = {"per_point": torch.from_numpy(joined["per_point"]), "elbo": torch.from_numpy(joined["elbo"]),
               "khat": joined["khat"], "num_samples": num_samples}
