@@ -55,25 +55,25 @@ def _bdmc_file(cell: Path, args) -> Path:
 
 
 def run_cell(cell: Path, args) -> None:
-    """IS (reused), AIS in blocks, then BDMC, for one trained cell; every part is saved as it ends."""
+    """AIS in blocks, BDMC, then IS (the bench's blocks when it has scored them), for one trained
+    cell; every part is saved as it ends."""
     torch.set_num_threads(1)
     run = load_run(cell)
     model, guide = run.model.eval(), run.guide.eval()
     x = run.data.test[: args.points]
-    began = time.perf_counter()
-    blockwise_log_likelihood(model, guide, x, IS_K, seed=IS_SEED, block=IS_BLOCK, khat_points=None,
-                             folder=cell / f"eval-K{IS_K}-seed{IS_SEED}-block{IS_BLOCK}")
-    print(f"{cell.name}: IS K={IS_K} ready ({time.perf_counter() - began:.0f} s)", flush=True)
-    for start in range(0, x.shape[0], args.block):  # one block at a time, so progress is visible
+    order = [] if args.bdmc_only else list(enumerate(range(0, x.shape[0], args.block)))
+    for i, start in reversed(order) if args.reverse else order:  # one block at a time: progress is visible
         stop = min(start + args.block, x.shape[0])
         began = time.perf_counter()
         blockwise_log_likelihood(
-            model, guide, x[:stop], args.chains, seed=IS_SEED, block=args.block, khat_points=0,
+            model, guide, x, args.chains, seed=IS_SEED, block=args.block, khat_points=0,
             folder=_ais_folder(cell, args), method="ais", num_steps=args.steps, leapfrog_steps=args.leapfrog,
-            step_size=STEP_SIZE,
+            step_size=STEP_SIZE, blocks=[i],
         )
         print(f"{cell.name}: AIS points {start}-{stop} ({time.perf_counter() - began:.0f} s)", flush=True)
     path = _bdmc_file(cell, args)
+    if args.no_bdmc:
+        return
     if args.bdmc_points and not path.exists():
         began = time.perf_counter()
         result = bdmc(model, guide, num_points=args.bdmc_points, num_chains=args.chains, num_steps=args.steps,
@@ -83,6 +83,12 @@ def run_cell(cell: Path, args) -> None:
         np.savez(tmp, lower=result.lower.numpy(), upper=result.upper.numpy(), seconds=np.array(seconds))
         tmp.replace(path)
         print(f"{cell.name}: BDMC on {args.bdmc_points} simulated points ({seconds:.0f} s)", flush=True)
+    if args.bdmc_only:
+        return
+    began = time.perf_counter()
+    blockwise_log_likelihood(model, guide, x, IS_K, seed=IS_SEED, block=IS_BLOCK, khat_points=None,
+                             folder=cell / f"eval-K{IS_K}-seed{IS_SEED}-block{IS_BLOCK}")
+    print(f"{cell.name}: IS K={IS_K} ready ({time.perf_counter() - began:.0f} s)", flush=True)
 
 
 def _blocks(folder: Path) -> dict[str, np.ndarray]:
@@ -201,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leapfrog", type=int, default=2)
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--bdmc-points", type=int, default=100)
+    parser.add_argument("--reverse", action="store_true",
+                        help="run: AIS blocks from the last one (a second process sharing the work)")
+    parser.add_argument("--no-bdmc", action="store_true", help="run: AIS blocks only")
+    parser.add_argument("--bdmc-only", action="store_true", help="run: BDMC only (in a process of its own)")
     parser.add_argument("--out", default=str(RESULTS / "ais.md"))
     args = parser.parse_args(argv)
     if args.data_root:

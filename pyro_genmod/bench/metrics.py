@@ -86,7 +86,7 @@ def _read_block(path: Path, keys: tuple[str, ...]) -> dict | None:
 
 def blockwise_log_likelihood(
     model, proposal, x: torch.Tensor, num_samples: int, *, seed: int, block: int,
-    khat_points: int | None, folder: Path, method: str = "is", **ais_options,
+    khat_points: int | None, folder: Path, method: str = "is", blocks=None, **ais_options,
 ) -> tuple[LogLikelihood, float]:
     """:func:`log_likelihood` of ``x`` in blocks of ``block`` points, each saved to ``folder`` when
     done, so a long evaluation (K=5000 on 10,000 images) can run in parts and resume.
@@ -95,8 +95,9 @@ def blockwise_log_likelihood(
     start before ``khat_points`` (``None``: all), as it costs ~40% more than the estimate.
     ``method="ais"`` scores with AIS instead (``num_samples`` chains per point, ``ais_options``
     such as ``num_steps``); its blocks also keep each point's Monte Carlo standard error and
-    acceptance rate. Returns the estimate and the seconds spent on the blocks (including earlier
-    parts).
+    acceptance rate. ``blocks`` (indices, e.g. ``[9]``) scores only those blocks, so several
+    processes can share one evaluation. Returns the estimate and the seconds spent on the blocks
+    (including earlier parts).
     """
     if not isinstance(block, int) or block < 1:
         raise ConfigError(f"eval_block must be a positive integer, got {block!r}")
@@ -104,6 +105,8 @@ def blockwise_log_likelihood(
     extra = ("mc_stderr", "acceptance") if method == "ais" else ()
     parts, seconds = [], 0.0
     for i, start in enumerate(range(0, x.shape[0], block)):
+        if blocks is not None and i not in blocks:
+            continue
         stop = min(start + block, x.shape[0])
         path = folder / f"points-{start:06d}-{stop:06d}.npz"
         saved = _read_block(path, ("per_point", "elbo", "khat", "seconds", *extra))
