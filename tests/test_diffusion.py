@@ -28,11 +28,11 @@ OPTIONS = {"num_steps": T, "hidden": [128, 128]}
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    """A T = 4 diffusion model trained for 30 epochs with its default objective (diffusion_elbo)."""
+    """A T = 4 diffusion model trained for 20 epochs with its default objective (diffusion_elbo)."""
     torch.manual_seed(0)
     model = pg.create_model("diffusion", digits, **OPTIONS)
     guide = pg.create_guide("forward_process", model)
-    result = pg.fit(model, guide, digits, epochs=30, seed=0, progress=False)
+    result = pg.fit(model, guide, digits, epochs=20, seed=0, progress=False)
     assert result.options["objective"] == "diffusion_elbo"  # the model's default objective
     return model, guide
 
@@ -117,7 +117,7 @@ def test_one_step_is_a_vae_with_a_fixed_encoder(digits):
 def test_diffusion_elbo_is_unbiased_for_the_full_chain_elbo_at_two_network_calls(trained, digits):
     model, guide = trained
     x = digits.test[:60]
-    draws = 300
+    draws = 200
     with torch.no_grad():
         torch.manual_seed(1)
         chain = log_importance_weights(model, guide, x, draws)  # full-chain single-draw ELBOs, (draws, N)
