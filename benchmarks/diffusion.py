@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -85,6 +86,8 @@ def write_grid(model, path: Path, seed: int, count: int = 64) -> None:
 
 def run(args) -> None:
     torch.set_num_threads(args.threads)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()  # when the run starts
     root = Path(args.runs).expanduser() / args.dataset
     root.mkdir(parents=True, exist_ok=True)
     if args.dataset == "mnist":
@@ -126,11 +129,9 @@ def run(args) -> None:
     write_grid(vae, RESULTS / f"diffusion_{args.dataset}_vae_samples.png", args.seed)
     print(json.dumps(rows["vae"]), flush=True)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     meta = {
         "dataset": args.dataset, "shape": list(data.shape), "commit": commit, "threads": args.threads,
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "command": f"python benchmarks/diffusion.py run --dataset {args.dataset} --budget {args.budget} "
                    f"--num-steps {args.num_steps} -K {args.num_samples} --score-points {points}"
                    + (" --full-chain" if args.full_chain else ""),
@@ -218,7 +219,7 @@ def report(args) -> None:
     for dataset in ("digits", "mnist"):
         path = Path(args.runs).expanduser() / dataset / "result.json"
         if not path.exists():
-            lines += [f"## {dataset}", "", f"not run (no `{path.name}` under `{dataset}/`)", ""]
+            lines += [f"## {dataset}", "", f"no result (no `{path.name}` under `{dataset}/`: not run, or not finished)", ""]
             continue
         result = json.loads(path.read_text())
         meta, rows = result["meta"], result["rows"]
