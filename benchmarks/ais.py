@@ -62,6 +62,8 @@ def run_cell(cell: Path, args) -> None:
     model, guide = run.model.eval(), run.guide.eval()
     x = run.data.test[: args.points]
     order = [] if args.bdmc_only else list(enumerate(range(0, x.shape[0], args.block)))
+    if args.blocks:  # these blocks only, in this order
+        order = [order[int(i)] for i in args.blocks.split(",")]
     for i, start in reversed(order) if args.reverse else order:  # one block at a time: progress is visible
         stop = min(start + args.block, x.shape[0])
         began = time.perf_counter()
@@ -92,11 +94,13 @@ def run_cell(cell: Path, args) -> None:
 
 
 def _blocks(folder: Path) -> dict[str, np.ndarray]:
-    """The finished blocks of an evaluation folder, in point order, joined."""
+    """The finished blocks of an evaluation folder, in point order, joined; ``index`` holds the
+    test-set index of every point (blocks may have finished out of order)."""
     parts = []
     for path in sorted(folder.glob("points-*.npz")):
+        start, stop = (int(v) for v in path.stem.split("-")[1:3])
         with np.load(path, allow_pickle=False) as saved:
-            parts.append({key: saved[key] for key in saved.files})
+            parts.append({**{key: saved[key] for key in saved.files}, "index": np.arange(start, stop)})
     if not parts:
         return {}
     joined = {key: np.concatenate([np.atleast_1d(p[key]) for p in parts]) for key in parts[0] if key != "seconds"}
@@ -115,12 +119,18 @@ def summarize(cell: Path, args) -> dict | None:
     is_ = _blocks(cell / f"eval-K{IS_K}-seed{IS_SEED}-block{IS_BLOCK}")
     if not ais or not is_:
         return None
-    n = ais["per_point"].size
-    is_ll, ais_ll, khat = is_["per_point"][:n], ais["per_point"], is_["khat"][:n]
+    ais_per_1000 = float(ais["seconds"]) * 1000 / ais["index"].size
+    both = np.isin(ais["index"], is_["index"])  # points scored by both
+    ais = {key: value[both] if key != "seconds" else value for key, value in ais.items()}
+    where = np.searchsorted(is_["index"], ais["index"])
+    n = int(both.sum())
+    if n == 0:
+        return None
+    is_ll, ais_ll, khat = is_["per_point"][where], ais["per_point"], is_["khat"][where]
     missed = ais_ll - is_ll  # nats of log p(x) that IS misses (AIS is itself a lower bound)
     bad = khat > 0.7
     row = {"cell": cell.name, "points": n, "is_seconds_per_1000": float(is_["seconds"]) * 1000 / is_["per_point"].size,
-           "ais_seconds": float(ais["seconds"]), "acceptance": float(ais["acceptance"].mean()),
+           "ais_seconds_per_1000": ais_per_1000, "acceptance": float(ais["acceptance"].mean()),
            "mc_stderr": float(ais["mc_stderr"].mean()), "khat_share": float(bad.mean()), "khat_bad": int(bad.sum())}
     row["is_nll"], row["is_nll_se"] = (-v if i == 0 else v for i, v in enumerate(_mean_se(is_ll)))
     row["ais_nll"], row["ais_nll_se"] = (-v if i == 0 else v for i, v in enumerate(_mean_se(ais_ll)))
@@ -138,6 +148,13 @@ def summarize(cell: Path, args) -> dict | None:
     training = json.loads((cell / "config.json").read_text())["training"]
     row["objective"], row["k"] = training["objective"], training["num_particles"]
     return row
+
+
+def _cpu() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def _f(value, digits: int = 2) -> str:
@@ -161,7 +178,7 @@ def report(args) -> Path:
         "",
         ("| model | objective | k | test images | IS NLL | AIS NLL | IS misses (all) | k-hat > 0.7 "
          "| IS misses where k-hat > 0.7 | IS misses where k-hat <= 0.7 | AIS MC s.e. per point | acceptance "
-         "| IS s / 1000 images | AIS s |"),
+         "| IS s / 1000 images | AIS s / 1000 images |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -170,7 +187,7 @@ def report(args) -> Path:
             f"{_f(r['ais_nll'])} ± {_f(r['ais_nll_se'])} | {_f(r['missed'])} ± {_f(r['missed_se'])} | "
             f"{100 * r['khat_share']:.1f}% ({r['khat_bad']}) | {_f(r['missed_bad'])} ± {_f(r['missed_bad_se'])} | "
             f"{_f(r['missed_good'])} ± {_f(r['missed_good_se'])} | {_f(r['mc_stderr'])} | {_f(r['acceptance'])} | "
-            f"{_f(r['is_seconds_per_1000'], 0)} | {_f(r['ais_seconds'], 0)} |"
+            f"{_f(r['is_seconds_per_1000'], 0)} | {_f(r['ais_seconds_per_1000'], 0)} |"
         )
     lines += ["", "## BDMC on data simulated from each model (same AIS settings)", "",
               ("| model | objective | k | simulated points | forward AIS NLL (upper bound on NLL) "
@@ -181,8 +198,9 @@ def report(args) -> Path:
                          f"{_f(r['bdmc_upper'])} | {_f(r['bdmc_gap'])} ± {_f(r['bdmc_gap_se'])} | {_f(r['bdmc_seconds'], 0)} |")
     lines += [
         "",
-        (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(one thread per process, niced); wall times overstate the compute. Commit {commit}. Commands:"),
+        (f"Machine: {_cpu()}, {os.cpu_count()} cores shared with other jobs (load average "
+         f"{', '.join(f'{v:.0f}' for v in os.getloadavg())} when this page was written; one thread per process), "
+         f"so wall times overstate the compute. Commit {commit}. Commands:"),
         "",
         "    genmod bench CONFIG   # a copy of benchmarks/configs/mnist_1k.toml with runs_dir outside the repo",
         (f"    python -m benchmarks.ais run --runs RUNS --cell CELL --data-root DATA --steps {args.steps} "
@@ -210,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reverse", action="store_true",
                         help="run: AIS blocks from the last one (a second process sharing the work)")
     parser.add_argument("--no-bdmc", action="store_true", help="run: AIS blocks only")
+    parser.add_argument("--blocks", default=None, help="run: only these AIS blocks, e.g. 5,4 (another process's share)")
     parser.add_argument("--bdmc-only", action="store_true", help="run: BDMC only (in a process of its own)")
     parser.add_argument("--out", default=str(RESULTS / "ais.md"))
     args = parser.parse_args(argv)
