@@ -61,6 +61,14 @@ ROWS = {
     "iwae2_k5": dict(TWO_LAYER, layers=2, objective="iwae", k=5, published=83.89),
 }
 CURVE_POINTS, CURVE_K = 1000, 1000
+HISTORY = """Run history: sessions 1-3 trained `vae1_k1` to epoch 500 (89.24) and `iwae1_k5` to epoch 200
+(88.92) of the same 1,000-epoch recipe; their run folders were lost with the machine before session 4
+(the curves up to then are in git history, commit 66b4901). Session 4 restarted both from scratch
+with the same recipe, seed and code (pinned at e7d6509): the VAE's curve repeats the lost one to the
+printed digits (167.41, 139.78, 124.78, ... at epochs 1, 2, 4); the IWAE's does not (152.95 against
+151.81 at epoch 1: the lost runs used commit 90ab3e4, and the code changed in between). The training wall times below are
+those of the restarted runs, on a 2-core machine shared with six development processes (load
+average 12-20), so they overstate the compute several-fold."""
 FINAL_K = 5000
 
 
@@ -270,6 +278,8 @@ faster recipe on the same networks and objectives. Each run uses one thread on a
 Active units: dimensions whose posterior mean varies over the test set by more than 0.01 (Burda's
 measure), per stochastic layer. AIS estimates: not yet available (the AIS issue is open).
 Rows "in training" show the latest point of the time-to-quality curve, not the final protocol.
+
+{HISTORY}
 
 ## Time to quality
 
