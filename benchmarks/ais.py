@@ -169,8 +169,8 @@ def report(args) -> Path:
     lines = [
         "# AIS against IS on MNIST: how many nats plain importance sampling misses",
         "",
-        (f"Models: the two runs of `benchmarks/configs/mnist_1k.toml` (784-200-200-50 tanh VAE, Bernoulli "
-        f"decoder, mean-field encoder, 20 epochs; retrained with that config for this page). IS: K = {IS_K} "
+        (f"Models: the runs of `benchmarks/configs/mnist_1k.toml` that finished (784-200-200-50 tanh VAE, "
+        f"Bernoulli decoder, mean-field encoder, 20 epochs; retrained with that config for this page). IS: K = {IS_K} "
         f"draws from q(z|x) (the bench's evaluation). AIS: from q(z|x) to p(z|x) on the sigmoid geometric "
         f"path, {settings}, HMC step size adapted per point towards 65% acceptance. NLL in nats "
         f"per test image (lower is better); 'IS misses' = AIS log p(x) - IS log p(x) on the same images, "
