@@ -76,6 +76,7 @@ def log_likelihood(
     method: str = "is",
     num_steps: int = 100,
     leapfrog_steps: int = 5,
+    step_size: float = 0.05,
     progress: bool | None = None,
 ) -> LogLikelihood:
     """Importance-sampled log p(x) per data point, with ``guide`` as the proposal.
