@@ -15,6 +15,7 @@ from .estimates import bits_per_dim
 from .factories import create_guide, create_model, default_guide
 from .importance import LogLikelihood, score
 from .runs import check_trusted, resume_folder, run_dataset_options, save_run, take_run_folder
+from .seeding import check_seed
 from .tracking import RunInfo, check_logger_names, create_loggers
 from .train import FitResult, check_positive_int, fit
 
@@ -95,7 +96,7 @@ def run_experiment(
         raise ConfigError(f"the loggers ({', '.join(loggers)}) write into the run folder: give out=<folder>")
     main = is_main_process()
     folder = None if out is None else Path(out)
-    pyro.set_rng_seed(fit_options.get("seed", 0))  # parameter initialisation follows the seed
+    pyro.set_rng_seed(check_seed(fit_options.get("seed", 0)))  # parameter initialisation follows the seed
     guide_name = guide_name if guide_name is not None else default_guide(model_name)
     model = create_model(model_name, data, **(model_options or {}))
     guide = create_guide(guide_name, model, **(guide_options or {}))

@@ -556,6 +556,9 @@ def _nan_points():
 
 
 API_CASES = [
+    ("run_experiment seed=-1", lambda: __import__("pyro_genmod.experiment").experiment.run_experiment(
+        "vae", "mean_field", pg.load_dataset("digits"), seed=-1, epochs=1), pg.ConfigError,
+     "seed must be an integer from 0 to 4294967295"),
     ("encode a list", lambda: pg.encode(_pair()[1], _x().tolist()), pg.DataError, "must be a torch.Tensor of points"),
     ("encode NaN", lambda: pg.encode(_pair()[1], _nan_points()), pg.DataError, "NaN or inf values, first in row 1"),
     ("encode points of another shape", lambda: pg.encode(_pair()[1], _x()[:, :, :4]), pg.DataError,
