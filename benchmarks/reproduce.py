@@ -276,7 +276,7 @@ faster recipe on the same networks and objectives. Each run uses one thread on a
 {_table(finals, curves)}
 
 Active units: dimensions whose posterior mean varies over the test set by more than 0.01 (Burda's
-measure), per stochastic layer. AIS estimates: not yet available (the AIS issue is open).
+measure), per stochastic layer. AIS estimates: once a row has its final protocol (`benchmarks/ais.py`, as in `ais.md`); none yet.
 Rows "in training" show the latest point of the time-to-quality curve, not the final protocol.
 
 {HISTORY}
