@@ -34,8 +34,10 @@ class FlowGuide(AmortizedGuide):
         conditional: condition each flow layer on an encoder context c(x); otherwise the flow's
             parameters are shared by all points.
         context_dim: size of c(x) when ``conditional``.
-        hidden: encoder hidden-layer widths.
-        activation: encoder activation.
+        hidden: encoder hidden-layer widths (``encoder="mlp"``).
+        activation: encoder activation (``encoder="mlp"``).
+        encoder: ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
     can_condition = True
@@ -54,6 +56,8 @@ class FlowGuide(AmortizedGuide):
         context_dim: int = 16,
         hidden: Sequence[int] = (200, 200),
         activation: str = "tanh",
+        encoder: str = "mlp",
+        channels: int = 32,
     ):
         num_flows = self.default_num_flows if num_flows is None else num_flows
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
@@ -65,7 +69,7 @@ class FlowGuide(AmortizedGuide):
         if flow_hidden is not None and any(int(h) <= 0 for h in flow_hidden):
             raise ValueError(f"flow_hidden sizes must be positive, got {list(flow_hidden)}")
         self.context_dim = int(context_dim) if conditional else 0
-        super().__init__(model, hidden, activation)
+        super().__init__(model, hidden, activation, encoder, channels)
         self.num_flows, self.conditional = num_flows, bool(conditional)
         hidden_dims = None if flow_hidden is None else [int(h) for h in flow_hidden]
         self.site_index = {site.name: i for i, site in enumerate(self.latent_sites)}

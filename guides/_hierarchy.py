@@ -10,7 +10,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from pyro_genmod.latents import LatentSite
-from pyro_genmod.nn import mlp
+from pyro_genmod.nn import make_encoder, mlp
 
 from .base import Guide, onto_site, softplus_scale, unconstraining
 
@@ -42,7 +42,9 @@ class HierarchicalGuide(Guide):
     """A guide for models with several latent sites that samples them one after another.
 
     Each site gets q(z_i | inputs) = N(mu(inputs), diag sigma(inputs)^2) on its unconstrained
-    space, mapped onto its support; subclasses choose the order and the inputs.
+    space, mapped onto its support; subclasses choose the order and the inputs. The network
+    that reads x is :func:`~pyro_genmod.nn.make_encoder`'s (``encoder="mlp" | "conv" | "resnet"``,
+    ``channels``); the networks between latent sites are MLPs.
     """
 
     @classmethod
@@ -60,10 +62,17 @@ class HierarchicalGuide(Guide):
             )
         return super().unsupported_reason(model)
 
-    def __init__(self, model, hidden=(200, 200), activation: str = "tanh"):
+    def __init__(
+        self, model, hidden=(200, 200), activation: str = "tanh", encoder: str = "mlp", channels: int = 32
+    ):
         super().__init__(model)
         self.order = sampling_order(model)
         self.hidden, self.activation = tuple(int(h) for h in hidden), activation
+        self.encoder_options = {"kind": encoder, "activation": activation, "channels": channels}
+
+    def data_network(self, out_features: int, hidden) -> nn.Module:
+        """The network from x (flattened) to ``out_features``, of the configured encoder kind."""
+        return make_encoder(data_shape=self.data_shape, out_features=out_features, hidden=hidden, **self.encoder_options)
 
     def head(self, in_features: int, site: LatentSite) -> nn.Module:
         """A network from ``in_features`` inputs to the site's Normal parameters."""

@@ -14,7 +14,7 @@ from torch.distributions.transforms import ComposeTransform, ReshapeTransform, T
 from pyro_genmod.distributions import posterior_draws
 from pyro_genmod.latents import LatentSite
 from pyro_genmod.markers import contract_default
-from pyro_genmod.nn import mlp
+from pyro_genmod.nn import make_encoder
 
 __all__ = ["Guide", "AmortizedGuide", "unconstraining", "onto_site"]
 
@@ -108,8 +108,10 @@ def onto_site(q: Distribution, site: LatentSite) -> Distribution:
 class AmortizedGuide(Guide):
     """A guide whose parameters for every site come from one encoder network of x.
 
-    The encoder is an MLP on the flattened data point; subclasses say how many parameters each
-    site needs (``num_params``) and how to turn them into a distribution (``site_distribution``).
+    The encoder (:func:`~pyro_genmod.nn.make_encoder`) is an MLP on the flattened data point, or
+    for images (``encoder="conv"`` or ``"resnet"``) a convolutional or ResNet network with the
+    decoders' option names (``channels``); subclasses say how many parameters each site needs
+    (``num_params``) and how to turn them into a distribution (``site_distribution``).
     """
 
     @classmethod
@@ -121,12 +123,14 @@ class AmortizedGuide(Guide):
             )
         return None
 
-    def __init__(self, model, hidden=(200, 200), activation: str = "tanh"):
+    def __init__(
+        self, model, hidden=(200, 200), activation: str = "tanh", encoder: str = "mlp", channels: int = 32
+    ):
         super().__init__(model)
         self.shapes = {s.name: unconstraining(s)[0] for s in self.latent_sites}
         self.transforms = {s.name: unconstraining(s)[1] for s in self.latent_sites}
         self.sizes = [self.num_params(prod(self.shapes[s.name])) for s in self.latent_sites]
-        self.encoder = mlp(prod(self.data_shape), hidden, sum(self.sizes), activation)
+        self.encoder = make_encoder(encoder, self.data_shape, sum(self.sizes), hidden, activation, channels)
 
     def num_params(self, size: int) -> int:
         raise NotImplementedError

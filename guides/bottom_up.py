@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from pyro_genmod._registry import register_guide
 
 from ._hierarchy import HierarchicalGuide, flat
+from .base import unconstraining
 
 __all__ = ["BottomUp"]
 
@@ -29,13 +30,18 @@ class BottomUp(HierarchicalGuide):
         model: a model with at least two continuous latent sites.
         hidden: hidden widths of each level's network.
         activation: network activation.
+        encoder: the network q(z_1|x): ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
-    def __init__(self, model, hidden=(200, 200), activation: str = "tanh"):
-        super().__init__(model, hidden, activation)
+    def __init__(
+        self, model, hidden=(200, 200), activation: str = "tanh", encoder: str = "mlp", channels: int = 32
+    ):
+        super().__init__(model, hidden, activation, encoder, channels)
         self.levels = tuple(reversed(self.order))
-        inputs = [prod(self.data_shape)] + [site.size for site in self.levels[:-1]]
-        self.heads = nn.ModuleList(self.head(n, site) for n, site in zip(inputs, self.levels))
+        first = self.data_network(2 * prod(unconstraining(self.levels[0])[0]), self.hidden)
+        above = [self.head(site.size, upper) for site, upper in zip(self.levels[:-1], self.levels[1:])]
+        self.heads = nn.ModuleList([first, *above])
 
     def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
         inputs, values = x.reshape(x.shape[0], -1), {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from math import prod
 
 import pyro.distributions as dist
 from torch import Tensor
@@ -10,7 +9,7 @@ from torch.distributions import constraints
 
 from pyro_genmod._registry import register_guide
 from pyro_genmod.latents import LatentSite
-from pyro_genmod.nn import mlp
+from pyro_genmod.nn import make_encoder
 
 from .base import Guide
 
@@ -38,8 +37,10 @@ class CategoricalGuide(Guide):
 
     Arguments:
         model: the model whose discrete sites to cover.
-        hidden: encoder hidden-layer widths.
-        activation: encoder activation.
+        hidden: encoder hidden-layer widths (``encoder="mlp"``).
+        activation: encoder activation (``encoder="mlp"``).
+        encoder: ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
     @classmethod
@@ -50,10 +51,10 @@ class CategoricalGuide(Guide):
             return "this family covers scalar sites with support integer_interval(0, C - 1) only"
         return None
 
-    def __init__(self, model, hidden=(64,), activation: str = "tanh"):
+    def __init__(self, model, hidden=(64,), activation: str = "tanh", encoder: str = "mlp", channels: int = 32):
         super().__init__(model)
         self.sizes = [_num_values(site) for site in self.latent_sites]
-        self.encoder = mlp(prod(self.data_shape), hidden, sum(self.sizes), activation)
+        self.encoder = make_encoder(encoder, self.data_shape, sum(self.sizes), hidden, activation, channels)
 
     def variational_parameters(self, x: Tensor) -> Tensor:
         """The encoder's logits for every site, shape ``(N, sum(C))``."""

@@ -22,8 +22,10 @@ class DeltaGuide(AmortizedGuide):
 
     Arguments:
         model: the model whose latent sites to cover.
-        hidden: encoder hidden-layer widths.
-        activation: encoder activation.
+        hidden: encoder hidden-layer widths (``encoder="mlp"``).
+        activation: encoder activation (``encoder="mlp"``).
+        encoder: ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
     is_point_estimate = True

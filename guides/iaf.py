@@ -32,8 +32,10 @@ class IAF(FlowGuide):
             10D when conditional).
         conditional: feed the encoder context c(x) to each autoregressive network.
         context_dim: size of c(x).
-        hidden: encoder hidden-layer widths.
-        activation: encoder activation.
+        hidden: encoder hidden-layer widths (``encoder="mlp"``).
+        activation: encoder activation (``encoder="mlp"``).
+        encoder: ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
     def make_flow(self, size: int, context_dim: int, hidden_dims: list[int] | None) -> nn.Module:

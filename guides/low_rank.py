@@ -28,15 +28,20 @@ class LowRank(AmortizedGuide):
     Arguments:
         model: the model whose latent sites to cover.
         rank: number of columns of W.
-        hidden: encoder hidden-layer widths.
-        activation: encoder activation.
+        hidden: encoder hidden-layer widths (``encoder="mlp"``).
+        activation: encoder activation (``encoder="mlp"``).
+        encoder: ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
-    def __init__(self, model, rank: int = 2, hidden: Sequence[int] = (200, 200), activation: str = "tanh"):
+    def __init__(
+        self, model, rank: int = 2, hidden: Sequence[int] = (200, 200), activation: str = "tanh",
+        encoder: str = "mlp", channels: int = 32,
+    ):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         self.rank = rank
-        super().__init__(model, hidden, activation)
+        super().__init__(model, hidden, activation, encoder, channels)
 
     def num_params(self, size: int) -> int:
         return size * (self.rank + 2)

@@ -11,10 +11,10 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_genmod._registry import register_guide
-from pyro_genmod.nn import join_label, mlp
+from pyro_genmod.nn import join_label, make_encoder, mlp
 
 from .base import Guide
 
@@ -41,6 +41,9 @@ class M2Guide(Guide):
         model: an :class:`~pyro_genmod.models.m2.M2`.
         hidden: hidden widths of the q(z|x, y) network.
         activation: its activation.
+        encoder: how it reads x: ``"mlp"`` (default; x flattened, joined with one_hot(y)),
+            ``"conv"`` or ``"resnet"`` (images only; the conv feature map is joined with one_hot(y)).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
     @classmethod
@@ -49,10 +52,19 @@ class M2Guide(Guide):
             return "guide 'm2' is the inference network of model 'm2' (q(y|x) q(z|x, y)) and fits no other model"
         return None
 
-    def __init__(self, model, hidden: Sequence[int] = (256,), activation: str = "softplus"):
+    def __init__(
+        self, model, hidden: Sequence[int] = (256,), activation: str = "softplus", encoder: str = "mlp",
+        channels: int = 32,
+    ):
         super().__init__(model)
         object.__setattr__(self, "_model", model)  # the classifier's parameters are the model's
-        self.encoder = mlp(prod(self.data_shape) + model.num_classes, hidden, 2 * model.latent_dim, activation)
+        if encoder == "mlp":
+            self.features: nn.Module = nn.Identity()
+            width = prod(self.data_shape)
+        else:  # the feature map, without the encoder's last linear layer: the label joins it there
+            self.features = make_encoder(encoder, self.data_shape, None, channels=channels)
+            width = self.features.width
+        self.encoder = mlp(width + model.num_classes, hidden, 2 * model.latent_dim, activation)
 
     def forward(self, x: Tensor, num_samples: int | None = None, y: Tensor | None = None) -> dict[str, Tensor]:
         model = self._model
@@ -63,6 +75,7 @@ class M2Guide(Guide):
                 label = pyro.sample("y", q_y, infer={"enumerate": "parallel"})
             if labelled is not None:
                 label = torch.where(labelled, y.clamp(min=0), label)
-            loc, raw_scale = self.encoder(join_label(_flat(x), label, model.num_classes)).chunk(2, dim=-1)
+            features = self.features(_flat(x))
+            loc, raw_scale = self.encoder(join_label(features, label, model.num_classes)).chunk(2, dim=-1)
             z = pyro.sample("z", dist.Normal(loc, F.softplus(raw_scale) + 1e-4).to_event(1))
         return {"y": label, "z": z}

@@ -23,8 +23,10 @@ class MeanField(AmortizedGuide):
     Arguments:
         model: the model whose latent sites to cover (continuous sites; constrained supports
             are reached through ``biject_to``).
-        hidden: encoder hidden-layer widths.
-        activation: encoder activation.
+        hidden: encoder hidden-layer widths (``encoder="mlp"``).
+        activation: encoder activation (``encoder="mlp"``).
+        encoder: ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
     def num_params(self, size: int) -> int:

@@ -29,8 +29,10 @@ class Planar(FlowGuide):
         flow_hidden: hidden widths of the network from c(x) to (u, w, b) (default: 10D).
         conditional: amortize the flow parameters through c(x).
         context_dim: size of c(x).
-        hidden: encoder hidden-layer widths.
-        activation: encoder activation.
+        hidden: encoder hidden-layer widths (``encoder="mlp"``).
+        activation: encoder activation (``encoder="mlp"``).
+        encoder: ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
     scores_own_samples_only = True

@@ -49,19 +49,27 @@ class Sylvester(FlowGuide):
         model: the model whose latent sites to cover.
         num_flows: number of Sylvester layers per site (default 4).
         householder: Householder reflections per layer.
-        hidden: encoder hidden-layer widths.
-        activation: encoder activation.
+        hidden: encoder hidden-layer widths (``encoder="mlp"``).
+        activation: encoder activation (``encoder="mlp"``).
+        encoder: ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
     can_condition = False
     scores_own_samples_only = True
     default_num_flows = 4
 
-    def __init__(self, model, num_flows: int | None = None, householder: int = 2, hidden=(200, 200), activation: str = "tanh"):
+    def __init__(
+        self, model, num_flows: int | None = None, householder: int = 2, hidden=(200, 200), activation: str = "tanh",
+        encoder: str = "mlp", channels: int = 32,
+    ):
         if isinstance(householder, bool) or not isinstance(householder, int) or householder < 1:
             raise ValueError(f"householder must be a positive integer, got {householder!r}")
         self.householder = householder
-        super().__init__(model, num_flows=num_flows, conditional=False, hidden=hidden, activation=activation)
+        super().__init__(
+            model, num_flows=num_flows, conditional=False, hidden=hidden, activation=activation, encoder=encoder,
+            channels=channels,
+        )
 
     def make_flow(self, size: int, context_dim: int, hidden_dims: list[int] | None) -> nn.Module:
         return SylvesterFlow(size, count_transforms=min(self.householder, size))

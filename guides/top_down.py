@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_genmod._registry import register_guide
-from pyro_genmod.nn import ACTIVATIONS, mlp
+from pyro_genmod.nn import ACTIVATIONS
 
 from ._hierarchy import HierarchicalGuide, flat
 
@@ -33,12 +33,16 @@ class TopDown(HierarchicalGuide):
         model: a model with at least two continuous latent sites.
         hidden: hidden widths of the deterministic encoder h(x) and of each level's network.
         activation: network activation.
+        encoder: the network h(x): ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
+        channels: feature maps of the conv and ResNet encoders.
     """
 
-    def __init__(self, model, hidden=(200, 200), activation: str = "tanh"):
-        super().__init__(model, hidden, activation)
+    def __init__(
+        self, model, hidden=(200, 200), activation: str = "tanh", encoder: str = "mlp", channels: int = 32
+    ):
+        super().__init__(model, hidden, activation, encoder, channels)
         width = self.hidden[-1] if self.hidden else prod(self.data_shape)
-        self.encoder = nn.Sequential(mlp(prod(self.data_shape), self.hidden[:-1], width, activation), ACTIVATIONS[activation]())
+        self.encoder = nn.Sequential(self.data_network(width, self.hidden[:-1]), ACTIVATIONS[activation]())
         inputs = [width] + [width + site.size for site in self.order[:-1]]
         self.heads = nn.ModuleList(self.head(n, site) for n, site in zip(inputs, self.order))
 

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyro_genmod._registry import register_model
-from pyro_genmod.distributions import standard_normal
 from pyro_genmod.latents import LatentSite
 from pyro_genmod.likelihoods import create_likelihood
 from pyro_genmod.nn import mlp
+from pyro_genmod.priors import make_prior
 
 from .base import GenerativeModel
 from .vae import make_decoder
@@ -24,13 +24,15 @@ __all__ = ["TwoLayerVAE"]
 
 @register_model("vae2")
 class TwoLayerVAE(GenerativeModel):
-    r"""Two stochastic layers: z2 ~ N(0, I), z1 | z2 ~ N(mu(z2), diag sigma(z2)^2), x ~ p(x | z1).
+    r"""Two stochastic layers: z2 ~ p(z2), z1 | z2 ~ N(mu(z2), diag sigma(z2)^2), x ~ p(x | z1).
 
     With the defaults this is the two-layer model of Burda et al.: latents of 100 and 50, the
     networks between x and z1 with two hidden layers of 200 units, between z1 and z2 with two
     of 100 (tanh). Latent sites are declared from the data upwards, ``("z1", "z2")``; the prior
     samples z2 first. The matching inference network, q(z1|x) q(z2|z1), is the ``bottom_up``
     guide; any guide covering two continuous sites (``mean_field``, ``iaf``, ...) also fits.
+    p(z2) is N(0, I), or with ``prior="vamp"`` the VampPrior on the top layer (Tomczak &
+    Welling's hierarchical VampPrior VAE puts it there too).
 
     References:
         | Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2015)
@@ -43,8 +45,13 @@ class TwoLayerVAE(GenerativeModel):
             network has two hidden layers of that width.
         likelihood, scale, num_levels: observation model, as for ``vae``.
         activation: network activation.
-        decoder: ``"mlp"`` or ``"conv"`` for the z1 -> x network.
-        channels: feature maps of the conv decoder.
+        decoder: ``"mlp"``, ``"conv"`` or ``"resnet"`` for the z1 -> x network.
+        channels: feature maps of the conv and ResNet decoders.
+        prior: ``"standard"`` (N(0, I), default) or ``"vamp"`` for p(z2)
+            (:mod:`pyro_genmod.priors`).
+        num_pseudo: K, the VampPrior's number of pseudo-inputs (default 500; ``prior="vamp"`` only).
+        encoder_hidden: hidden widths of the VampPrior's pseudo-input encoder (default 200-200;
+            ``prior="vamp"`` only).
     """
 
     def __init__(
@@ -58,6 +65,9 @@ class TwoLayerVAE(GenerativeModel):
         activation: str = "tanh",
         decoder: str = "mlp",
         channels: int = 32,
+        prior: str = "standard",
+        num_pseudo: int | None = None,
+        encoder_hidden: Sequence[int] | None = None,
     ):
         super().__init__(data_shape)
         if len(latent_dims) != 2 or any(int(d) <= 0 for d in latent_dims):
@@ -70,10 +80,13 @@ class TwoLayerVAE(GenerativeModel):
         self.observation = create_likelihood(likelihood, self.data_shape, scale=scale, num_levels=num_levels)
         self.top = mlp(self.latent_dims[1], (narrow, narrow), 2 * self.latent_dims[0], activation)
         self.decoder = make_decoder(decoder, self.latent_dims[0], self.observation, (wide, wide), activation, channels)
+        self.latent_prior = make_prior(
+            prior, self.data_shape, self.latent_dims[1], num_pseudo, encoder_hidden, activation, likelihood
+        )
         self.register_buffer("_zero", torch.zeros(()))
 
     def prior(self) -> dict[str, Tensor]:
-        z2 = pyro.sample("z2", standard_normal(self.latent_dims[1], like=self._zero))
+        z2 = pyro.sample("z2", self.latent_prior.distribution(like=self._zero))
         loc, raw_scale = self.top(z2).chunk(2, dim=-1)
         z1 = pyro.sample("z1", dist.Normal(loc, F.softplus(raw_scale) + 1e-4).to_event(1))
         return {"z1": z1, "z2": z2}
