@@ -39,8 +39,10 @@ from .importance import LogLikelihood, log_importance_weights, log_likelihood
 from .latents import LatentSite
 from .objectives import list_objectives
 from .programs import ProgramGuide, ProgramModel
+from .reconstruction import interpolate, reconstruct
 from .runs import load_run
-from .tasks import encode, sample
+from .samplers import list_samplers
+from .tasks import decode, encode, fit_sampler, sample
 from .train import FitResult, fit
 
 __all__ = [
@@ -68,6 +70,11 @@ __all__ = [
     "LogLikelihood",
     "sample",
     "encode",
+    "decode",
+    "fit_sampler",
+    "list_samplers",
+    "reconstruct",
+    "interpolate",
     "diagnose",
     "Diagnosis",
     "inference_gaps",
