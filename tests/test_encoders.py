@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from pyro_genmod.guides.base import AmortizedGuide
 
 import pyro_genmod as pg
 from pyro_genmod._registry import GUIDES, _declared_parameters
 from pyro_genmod.cli import main
-from pyro_genmod.guides.base import AmortizedGuide
 from pyro_genmod.nn import ConvEncoder
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
