@@ -1,4 +1,5 @@
-"""Every ArviZ call in the library lives here, so arviz 0.x and 1.x can both be supported."""
+"""Every ArviZ call in the library lives here, so arviz 0.x and 1.x can both be supported; PSIS
+k-hat is computed here too, without importing ArviZ."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = [
-    "psis_khat",
-    "psis_tail_size",
-    "psis_khat_from_tail",
     "khat_reading",
     "mcmc_inference_data",
-    "samples_inference_data",
-    "posterior_summary",
-    "write_netcdf",
-    "read_netcdf",
     "plot_khat",
     "plot_pair_overlay",
+    "posterior_summary",
+    "psis_khat",
+    "psis_khat_from_tail",
+    "psis_tail_size",
+    "read_netcdf",
+    "samples_inference_data",
+    "write_netcdf",
 ]
 
 
@@ -53,26 +54,18 @@ def _arviz_0x():
 
 
 def psis_khat(log_weights: np.ndarray) -> np.ndarray:
-    """Pareto k-hat of each row of ``log_weights`` (shape ``(points, samples)``).
-
-    Uses ``arviz.psislw`` on arviz 0.x and ``arviz_stats``'s ``psislw`` on arviz 1.x (which
-    takes the negated log weights). Rows too short for a Pareto tail fit (arviz needs about 25
-    or more samples) get NaN rather than arviz's ``inf``.
-    """
+    """Pareto k-hat of each row of ``log_weights`` (shape ``(points, samples)``): the k-hat
+    ``arviz.psislw`` returns (arviz 0.x; tested equal), computed here from each row's
+    :func:`psis_tail_size` largest weights, so scoring never imports ArviZ (about 130 MiB).
+    Rows too short for a Pareto tail fit (about 25 samples or fewer) get NaN rather than
+    arviz's ``inf``."""
     log_weights = np.asarray(log_weights, dtype=np.float64)
-    if log_weights.shape[-1] < 5:  # no tail to fit; arviz itself fails below 2 samples
+    num_samples = log_weights.shape[-1]
+    if num_samples < 5:  # no tail to fit; arviz itself fails below 2 samples
         return np.full(log_weights.shape[:-1], np.nan)
-    az = _arviz()
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        if hasattr(az, "psislw"):
-            _, khat = az.psislw(log_weights)
-        else:  # arviz >= 1.0
-            from arviz_stats.base import array_stats
-
-            _, khat = array_stats.psislw(-log_weights)
-    khat = np.asarray(khat, dtype=np.float64)
-    return np.where(np.isfinite(khat), khat, np.nan)
+    keep = min(psis_tail_size(num_samples), num_samples)
+    tails = np.partition(log_weights, num_samples - keep, axis=-1)[..., num_samples - keep :]
+    return psis_khat_from_tail(tails, num_samples)
 
 
 def psis_tail_size(num_samples: int) -> int:
@@ -85,24 +78,52 @@ def psis_tail_size(num_samples: int) -> int:
 def psis_khat_from_tail(tails: np.ndarray, num_samples: int) -> np.ndarray:
     """The k-hat :func:`psis_khat` gives for rows of ``num_samples`` log weights, from only the
     :func:`psis_tail_size` largest of each row (``tails``, shape ``(points, tail size)``), so
-    scoring with any K never holds K weights per point. It runs arviz 0.x's own per-row PSIS
-    step (``arviz.stats.stats._psislw``) with the cut at the smallest kept weight, where
-    ``psislw`` on the whole row cuts; where that function is absent (arviz 1.x) k-hat is NaN."""
+    scoring with any K never holds K weights per point.
+
+    The steps are arviz 0.23's per-row PSIS (``arviz.stats.stats._psislw`` and ``_gpdfit``,
+    Vehtari et al. 2024, Zhang & Stephens 2009), written out with numpy: the cut at the
+    smallest kept weight, the exceedances over it, the empirical-Bayes generalized Pareto fit
+    and its weak prior on k.
+
+    References:
+        | Pareto Smoothed Importance Sampling (Vehtari et al., 2024) https://arxiv.org/abs/1507.02646
+        | A New and Efficient Estimation Method for the Generalized Pareto Distribution (Zhang & Stephens, 2009)
+    """
     tails = np.sort(np.asarray(tails, dtype=np.float64), axis=-1)
     if num_samples < 5:
         return np.full(tails.shape[:-1], np.nan)
-    _arviz()  # imported once, quietly
-    try:
-        from arviz.stats.stats import _psislw
-    except ImportError:  # pragma: no cover - arviz 1.x
-        return np.full(tails.shape[:-1], np.nan)
     cutoffmin = np.log(np.finfo(float).tiny)
-    khat = np.empty(tails.shape[0])
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        for i, row in enumerate(tails):
-            khat[i] = _psislw(row.copy(), 0, cutoffmin, False)[1]
+    rows = tails.reshape(-1, tails.shape[-1])
+    khat = np.empty(rows.shape[0])
+    with np.errstate(all="ignore"):
+        for i, row in enumerate(rows):
+            x = row - row[-1]  # the largest weight becomes 0, as arviz shifts
+            cut = max(x[0], cutoffmin)
+            tail = x[x > cut]  # already sorted
+            khat[i] = _gpd_shape(np.exp(tail) - np.exp(cut)) if tail.size > 4 else np.nan
+    khat = khat.reshape(tails.shape[:-1])
     return np.where(np.isfinite(khat), khat, np.nan)
+
+
+def _gpd_shape(exceedances: np.ndarray) -> float:
+    """Shape k of a generalized Pareto fit to sorted ``exceedances``: Zhang & Stephens'
+    posterior mean of b on a grid of ``30 + sqrt(n)`` points, then k with a weak prior
+    pulling it toward 0.5 (10 pseudo-observations), as arviz's ``_gpdfit`` does."""
+    n = exceedances.size
+    m = 30 + int(n**0.5)
+    b = 1 - np.sqrt(m / (np.arange(1, m + 1, dtype=float) - 0.5))
+    b /= 3 * exceedances[int(n / 4 + 0.5) - 1]
+    b += 1 / exceedances[-1]
+    k = np.log1p(-b[:, None] * exceedances).mean(axis=1)
+    len_scale = n * (np.log(-(b / k)) - k - 1)
+    weights = 1 / np.exp(len_scale - len_scale[:, None]).sum(axis=1)
+    real = weights >= 10 * np.finfo(float).eps
+    if not real.all():
+        weights, b = weights[real], b[real]
+    weights /= weights.sum()
+    b_post = np.sum(b * weights)
+    k_post = np.log1p(-b_post * exceedances).mean()
+    return (n * k_post + 10 * 0.5) / (n + 10)
 
 
 def khat_reading(khat: float) -> str:
