@@ -1,4 +1,4 @@
-"""The ``genmod`` command line: train, evaluate, sample, diagnose, gaps and list."""
+"""The ``genmod`` command line: train, evaluate, sample, reconstruct, interpolate, diagnose, gaps and list."""
 
 from __future__ import annotations
 
@@ -41,6 +41,24 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _class_index(text: str) -> int:
+    """A class label or a point's index: an integer from 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0, got {value}")
+    return value
+
+
+def _at_least_two(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 2 (the two endpoints), got {value}")
     return value
 
 
@@ -151,12 +169,29 @@ def _recipe_options(args) -> dict:
     return {k: v for k, v in recipe.items() if v is not None}
 
 
+def _execution_options(args) -> dict:
+    """``--threads`` and ``--compile`` for fit (absent when default, so the run's spec is unchanged)."""
+    options = {"threads": args.threads, "compile": args.compile or None}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _set_threads(threads: int | None) -> None:
+    """The whole command (training and scoring) computes with ``threads`` torch threads, or the
+    default of :func:`pyro_genmod.threads.default_threads`."""
+    import torch
+
+    from .threads import resolve_threads
+
+    torch.set_num_threads(resolve_threads(threads))
+
+
 def cmd_train(args) -> int:
     from .data import load_dataset
     from .distributed import init_distributed, launched_by_torchrun
     from .experiment import resume_experiment, run_experiment
 
     distributed = args.distributed or (launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1)
+    _set_threads(args.threads)
     if args.allow_changed_data and args.resume is None:
         from .errors import ConfigError
 
@@ -204,7 +239,7 @@ def cmd_train(args) -> int:
                 checkpoint_every=args.checkpoint_every, distributed=distributed, loggers=loggers,
                 log_every=args.log_every,
                 beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits,
-                **_recipe_options(args),
+                **_recipe_options(args), **_execution_options(args),
             )
     except TrainingDiverged as error:
         print(f"genmod: {error} (last good state saved in {out})", file=sys.stderr)
@@ -217,6 +252,8 @@ def cmd_train(args) -> int:
     if distributed and folder is None:  # ranks other than 0 write and print nothing
         return 0
     print(f"trained {what}: {result.epochs_run} epochs in {result.train_seconds:.1f} s ({result.stopped_reason})")
+    if result.compile_seconds is not None:
+        print(f"compiled the training step in {result.compile_seconds:.1f} s (included above)")
     _print_scores(metrics)
     print(f"run saved to {folder}")
     return 0
@@ -290,23 +327,40 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_sample(args) -> int:
-    import torchvision.utils
-
+def _image_out(args) -> Path:
+    """``--out`` of an image command, checked before any work: a free (or ``--overwrite``) .png/.jpg path."""
     from .errors import DataError, RunFolderError
-    from .runs import atomic_write, load_run
-    from .tasks import sample
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise RunFolderError(f"'{out}' already exists; choose another --out or pass --overwrite")
     if out.suffix.lower() not in {".png", ".jpg", ".jpeg"}:
         raise DataError(f"--out must end in .png or .jpg, got '{out.name}'")
+    return out
+
+
+def _image_run(args):
+    """The run of an image command, refused unless its data are images."""
+    from .errors import DataError
+    from .runs import load_run
+
     run = load_run(args.run, trust_code=args.trust_code, allow_changed_data=args.allow_changed_data)
     if not run.data.is_image:
         raise DataError(f"dataset '{run.data.name}' is not made of images (shape {run.data.shape}); cannot draw a grid")
-    x = sample(run.model, args.num, mean=not args.draws, seed=args.seed)
-    grid = torchvision.utils.make_grid(x.clamp(0, 1), nrow=max(1, int(math.sqrt(args.num))), padding=1, pad_value=0.5)
+    return run
+
+
+def _write_grid(out: Path, images, nrow: int, scale: int = 1) -> None:
+    """An image grid (torchvision), each pixel ``scale`` x ``scale`` (nearest neighbour), written atomically."""
+    import torch
+    import torchvision.utils
+
+    from .errors import RunFolderError
+    from .runs import atomic_write
+
+    grid = torchvision.utils.make_grid(images.clamp(0, 1), nrow=nrow, padding=1, pad_value=0.5)
+    if scale > 1:
+        grid = torch.nn.functional.interpolate(grid.unsqueeze(0), scale_factor=scale, mode="nearest")[0]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -314,7 +368,71 @@ def cmd_sample(args) -> int:
     # a temporary file beside --out, then os.replace: an old image survives a full disk or a kill
     image_format = "png" if out.suffix.lower() == ".png" else "jpeg"
     atomic_write(out, lambda tmp: torchvision.utils.save_image(grid, tmp, format=image_format), what="image")
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from .errors import ConfigError
+    from .samplers import list_samplers
+    from .tasks import sample
+
+    out = _image_out(args)
+    if args.sampler not in list_samplers():
+        raise ConfigError(f"unknown sampler '{args.sampler}'; choose one of: {', '.join(list_samplers())}")
+    run = _image_run(args)
+    y = None if args.label is None else torch.full((args.num,), args.label, dtype=torch.long)
+    if args.sampler == "prior":
+        x = sample(run.model, args.num, mean=not args.draws, seed=args.seed, y=y)
+    else:  # fitted to the run's training codes, then drawn from
+        x = sample(run.model, args.num, mean=not args.draws, seed=args.seed, y=y, sampler=args.sampler,
+                   guide=run.guide, data=run.data)
+    _write_grid(out, x, max(1, int(math.sqrt(args.num))), args.scale)
     print(f"wrote {args.num} samples to {out}")
+    return 0
+
+
+def _test_points(run, indices: list[int]):
+    from .errors import DataError
+
+    n = run.data.test.shape[0]
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise DataError(f"test point {bad[0]} does not exist: the run's test set has {n} points (0 to {n - 1})")
+    return run.data.test[indices]
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from .reconstruction import reconstruct
+
+    out = _image_out(args)
+    run = _image_run(args)
+    x = _test_points(run, list(range(min(args.num, run.data.test.shape[0]))))
+    recon = reconstruct(run.model, run.guide, x, mean=not args.draws, seed=args.seed)
+    pairs = torch.stack([x.to(recon.device), recon], dim=1).reshape(-1, *x.shape[1:])  # x_0, x'_0, x_1, x'_1, ...
+    _write_grid(out, pairs, 2 * max(1, math.ceil(math.sqrt(x.shape[0]))), args.scale)
+    print(f"wrote {x.shape[0]} test points, each beside its reconstruction, to {out}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from .errors import ConfigError
+    from .reconstruction import interpolate
+
+    out = _image_out(args)
+    if (args.start is None) != (args.end is None):
+        raise ConfigError("--from and --to go together (two test-point indices)")
+    run = _image_run(args)
+    if args.start is not None:
+        starts, ends = [args.start], [args.end]
+    else:  # the first --pairs test points, each to the one --pairs further on
+        starts, ends = list(range(args.pairs)), list(range(args.pairs, 2 * args.pairs))
+    x_a, x_b = _test_points(run, starts), _test_points(run, ends)
+    path = interpolate(run.model, run.guide, x_a, x_b, args.steps, mean=not args.draws, seed=args.seed)
+    _write_grid(out, path.reshape(-1, *path.shape[2:]), args.steps, args.scale)
+    print(f"wrote {len(starts)} interpolation(s) of {args.steps} steps to {out}")
     return 0
 
 
@@ -475,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra dataset option (JSON value)")
     train.add_argument("--num-samples", "-K", type=_positive_int, default=1000, help="importance samples for the test score")
     train.add_argument("--device", type=_device, default=None, help="cpu (default) or cuda")
+    train.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="torch threads (default: torch's count lowered to the idle CPUs, from the load average)")
+    train.add_argument("--compile", action="store_true",
+                       help="compile the training step's loss and gradients with torch.compile (pays on long runs)")
     train.add_argument("--out", default=None, help="run folder (default: runs/MODEL-GUIDE-DATASET-TIME)")
     train.add_argument("--overwrite", action="store_true", help="replace the run files in a non-empty --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -525,7 +647,38 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
     sample.add_argument("--allow-changed-data", action="store_true",
                        help="use a data file (--dataset file) even if its content changed since the run was trained")
+    sample.add_argument("--scale", type=_positive_int, default=1, metavar="N",
+                        help="draw each pixel as N x N pixels (nearest neighbour; default 1)")
+    sample.add_argument("--class", dest="label", type=_class_index, default=None, metavar="C",
+                        help="draw every sample from class C (label-using models: cvae, m2)")
+    sample.add_argument("--sampler", default="prior",
+                        help="where z comes from: prior (default) or an ex-post sampler fitted to the run's "
+                             "training codes: gmm, maf, two_stage")
     sample.set_defaults(func=cmd_sample)
+
+    for name, what in (("reconstruct", "test points beside their reconstructions E[x|z], z = E_q[z|x]"),
+                       ("interpolate", "decoded straight paths between the codes of two test points")):
+        image = sub.add_parser(name, help=f"an image grid of a saved run's {what}")
+        image.add_argument("run", help="run folder")
+        if name == "reconstruct":
+            image.add_argument("-n", "--num", type=_positive_int, default=32, help="first N test points (default 32)")
+        else:
+            image.add_argument("--steps", type=_at_least_two, default=10, help="images per path, endpoints included (default 10)")
+            image.add_argument("--pairs", type=_positive_int, default=8,
+                               help="paths from test point i to test point i + PAIRS, i < PAIRS (default 8)")
+            image.add_argument("--from", dest="start", type=_class_index, default=None, metavar="I",
+                               help="one path, from test point I (with --to)")
+            image.add_argument("--to", dest="end", type=_class_index, default=None, metavar="J", help="... to test point J")
+        image.add_argument("--out", default=f"{name}.png")
+        image.add_argument("--scale", type=_positive_int, default=1, metavar="N",
+                           help="draw each pixel as N x N pixels (nearest neighbour; default 1)")
+        image.add_argument("--seed", type=_seed, default=0)
+        image.add_argument("--draws", action="store_true", help="draw x ~ p(x|z) rather than showing E[x|z]")
+        image.add_argument("--overwrite", action="store_true")
+        image.add_argument("--trust-code", action="store_true", help="allow loading a run that names user code (file.py:attr): this imports and runs that code")
+        image.add_argument("--allow-changed-data", action="store_true",
+                           help="use a data file (--dataset file) even if its content changed since the run was trained")
+        image.set_defaults(func=cmd_reconstruct if name == "reconstruct" else cmd_interpolate)
 
     bench = sub.add_parser("bench", help="run a benchmark grid from a TOML config (resumable)")
     bench.add_argument("config", help="benchmark config, e.g. benchmarks/configs/digits_smoke.toml")

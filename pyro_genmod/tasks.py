@@ -40,6 +40,8 @@ def sample(
     if y is not None and not getattr(model, "uses_labels", False) and not getattr(model, "is_program", False):
         raise ConfigError(f"model '{getattr(model, 'registry_name', 'model')}' takes no labels y; "
                           "only label-using models (cvae, m2) draw given classes")
+    if y is not None and callable(getattr(model, "validate_labels", None)):
+        model.validate_labels(y, num_samples, "y")  # before tracing: Pyro would append its shape table
     if isinstance(sampler, str) and sampler != "prior":
         if guide is None or data is None:
             known = sampler in list_samplers()
@@ -169,6 +171,8 @@ def decode(model, z: Tensor, *, mean: bool = True, y: Tensor | None = None, seed
     check_points(z, (z.shape[1],), name, "z")
     if y is not None and not getattr(model, "uses_labels", False):
         raise ConfigError(f"model '{name}' takes no labels y; only label-using models (cvae, m2) decode given classes")
+    if y is not None and callable(getattr(model, "validate_labels", None)):
+        model.validate_labels(y, z.shape[0], "y")
     param = next(iter(model.parameters()), None)
     if param is not None:
         z = z.to(param.device)
