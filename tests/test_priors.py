@@ -123,7 +123,7 @@ def test_is_log_likelihood_equals_quadrature_under_the_vamp_prior():
 
 def test_run_folder_round_trips_the_prior(tiny, tmp_path):
     options = {"latent_dim": 3, "hidden": [16], **VAMP, "encoder_hidden": [16]}
-    metrics, result, folder = run_experiment(
+    _, result, folder = run_experiment(
         "vae", "mean_field", tiny, model_options=options, guide_options={"encoder": "conv", "channels": 4},
         num_samples=20, out=tmp_path / "run", epochs=1, batch_size=32, progress=False,
     )
