@@ -7,6 +7,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from .annealing import KLSchedule
 from .callbacks import Callback, CallbackList, EpochEnd, FitEnd, FitStart, StepEnd
 from .checkpoint import Checkpointer
 from .checks import check_device, check_positive_int, check_training_memory
+from .compiled import CompiledLoss, check_compile, compile_refusal
 from .datasets import Dataset
 from .densities import log_densities
 from .distributed import DataParallel, LossModule
@@ -38,6 +40,7 @@ from .optim import (
 )
 from .programs import as_guide, as_model
 from .seeding import check_seed, seeded
+from .threads import resolve_threads, torch_threads
 
 __all__ = ["fit", "FitResult", "evaluate_elbo", "check_positive_int", "as_training_data"]
 
@@ -58,6 +61,8 @@ class FitResult:
     best_epoch: int | None = None
     stopped_reason: str = "completed"
     options: dict = field(default_factory=dict)
+    threads: int | None = None  # torch threads the fit computed with
+    compile_seconds: float | None = None  # first call of each compiled batch shape (None: eager)
 
     @property
     def epochs_run(self) -> int:
@@ -121,6 +126,8 @@ def fit(
     lr_schedule_options: dict | None = None,
     clip_grad_norm: float | None = None,
     callbacks: list[Callback] | None = None,
+    compile: bool | str = False,
+    threads: int | None = None,
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data.train`` by stochastic variational inference.
 
@@ -175,6 +182,15 @@ def fit(
             example the loggers of :mod:`pyro_genmod.tracking`. Rank 0 only under
             ``distributed``. A callback that raises stops the fit with
             :class:`~pyro_genmod.errors.CallbackError` naming it; the last checkpoint is intact.
+        compile: put the step's loss and its gradients under ``torch.compile`` (``True``, or a
+            mode such as ``"reduce-overhead"``): the trace-free ELBO of a contract pair, one
+            particle (see :mod:`pyro_genmod.compiled`); the optimizer, the random draws and the
+            checkpoints are the eager step's. Where the step cannot be compiled, or compiling
+            fails, the fit trains eagerly and warns once saying why. ``FitResult.compile_seconds``
+            holds the compile time. Compiling takes tens of seconds: it pays on long fits.
+        threads: torch threads to compute with during the fit (restored afterwards); ``None``
+            takes :func:`~pyro_genmod.threads.default_threads`: torch's count lowered to the
+            idle CPUs, so a fit beside other busy processes does not oversubscribe the cores.
 
     A label-using model (``uses_labels``, e.g. ``cvae``, ``m2``) gets ``y=data.train_labels``
     for each minibatch, and so does its guide when its ``forward`` takes ``y``.
@@ -189,16 +205,18 @@ def fit(
         is the first epoch's.
     """
     data = as_training_data(data, seed)
-    run = _Fit(
+    with torch_threads(resolve_threads(threads)) as count:
+        run = _Fit(
         model, guide, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, objective=objective,
         num_particles=num_particles, early_stopping=early_stopping, device=device, checkpoint=checkpoint,
         distributed=distributed, beta=beta, kl_warmup=kl_warmup, free_bits=free_bits, optimizer=optimizer,
         optimizer_options=optimizer_options, lr_schedule=lr_schedule, lr_schedule_options=lr_schedule_options,
-        clip_grad_norm=clip_grad_norm,
-    )
-    if resume:
-        run.restore()
-    return run.train(progress, callbacks)
+            clip_grad_norm=clip_grad_norm, compile=compile,
+        )
+        run.result.threads = count
+        if resume:
+            run.restore()
+        return run.train(progress, callbacks)
 
 
 class _Fit:
@@ -208,7 +226,7 @@ class _Fit:
     def __init__(
         self, model, guide, data, *, epochs, batch_size, lr, seed, objective, num_particles, early_stopping,
         device, checkpoint, distributed, beta, kl_warmup, free_bits, optimizer, optimizer_options, lr_schedule,
-        lr_schedule_options, clip_grad_norm,
+        lr_schedule_options, clip_grad_norm, compile=False,
     ):
         model = as_model(model, data)
         guide = as_guide(guide, model, data)
@@ -222,6 +240,7 @@ class _Fit:
             raise ConfigError(f"the learning rate must be a positive number, got {lr!r}")
         self.clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
         check_pair(model, guide)
+        mode = check_compile(compile)
         if objective is None:
             objective = getattr(model, "default_objective", None) or "trace_elbo"
         self.loss_fn = get_objective(objective, num_particles)
@@ -274,6 +293,7 @@ class _Fit:
         self.model_fn, self.guide_fn = (
             (self.feed.bind(model), self.feed.bind(guide)) if self.labels is not None else (model, guide)
         )
+        self.compiled = self._compiled_loss(mode) if mode is not None else None
         self.last_good = _snapshot(model, guide)
         self.best = (-math.inf, self.last_good)
         self.recent_losses: deque[float] = deque(maxlen=BLOWUP_WINDOW)  # per-point losses of recent steps
@@ -283,6 +303,19 @@ class _Fit:
         self.saver = Checkpointer(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
         self.first_epoch, self.skip, self.order, self.epoch_loss, self.elapsed = 1, 0, None, 0.0, 0.0
         self.resumed = False
+
+    def _compiled_loss(self, mode: str) -> CompiledLoss | None:
+        """The compiled loss of this fit, or ``None`` (with a warning saying why) where the step
+        cannot be compiled."""
+        why = compile_refusal(
+            self.loss_fn, self.model, self.guide, self.train_x[:1], weighted=not self.kl_schedule.is_identity,
+            distributed=self.ddp is not None, labels=self.labels is not None,
+        )
+        if why is not None:
+            warnings.warn(f"compile=True: {why}; training eagerly", RuntimeWarning, stacklevel=4)
+            return None
+        self.result.compile_seconds = 0.0
+        return CompiledLoss(self.model, self.guide, mode)
 
     # --- checkpointing ---------------------------------------------------------------------
 
@@ -334,8 +367,12 @@ class _Fit:
             batch = ddp.shard(batch)
         if self.labels is not None:
             self.feed.y = ddp.shard(self.labels[index]) if ddp else self.labels[index]
-        differentiable, value = self.objective(batch, (epoch - 1) * self.steps_per_epoch + step)
-        value = ddp.sum(float(value)) if ddp else float(value)
+        loss = self._compiled_step(batch) if self.compiled is not None else None
+        if loss is not None:  # its gradients are already in place
+            differentiable, value = None, float(loss.detach())
+        else:
+            differentiable, value = self.objective(batch, (epoch - 1) * self.steps_per_epoch + step)
+            value = ddp.sum(float(value)) if ddp else float(value)
         if not math.isfinite(value):
             self._diverged(
                 f"non-finite loss ({value}) at epoch {epoch}, step {step + 1}",
@@ -343,12 +380,24 @@ class _Fit:
                 f"were restored to {_restored_to(epoch)} (try a smaller learning rate than {self.options['lr']})",
             )
         self._check_loss_blowup(epoch, step, value / max(1, index.shape[0]))
-        self.optimizer.zero_grad(set_to_none=True)
-        differentiable.backward()  # under DDP, the gradients are summed over the ranks here
+        if differentiable is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            differentiable.backward()  # under DDP, the gradients are summed over the ranks here
         if self.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
         self.optimizer.step()
         return value
+
+    def _compiled_step(self, batch: Tensor) -> Tensor | None:
+        """The compiled loss on ``batch`` with its gradients in place; ``None`` (and eager from
+        then on) when compiling failed."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.compiled.loss_and_grads(batch)
+        if loss is None:
+            self.compiled, self.result.compile_seconds = None, None
+        else:
+            self.result.compile_seconds = self.compiled.compile_seconds
+        return loss
 
     def _loss(self, batch: Tensor, global_step: int) -> tuple[Tensor, float]:
         """The objective on ``batch`` with the KL schedule of ``global_step`` (the loss of

@@ -190,6 +190,7 @@ def _training_spec() -> dict:
     taken up as fit grows), each of the type of its default where that is a bool, int, float or str."""
     import inspect
 
+    from pyro_genmod.compiled import COMPILE_MODES
     from pyro_genmod.train import fit
 
     spec = {}
@@ -197,7 +198,11 @@ def _training_spec() -> dict:
         if name in ("model", "guide", "data", "progress", "callbacks", "checkpoint", "resume", "distributed", "device"):
             continue
         default = parameter.default
-        if isinstance(default, bool):
+        if name == "compile":  # true, false or a mode by name
+            spec[name] = (lambda v: isinstance(v, bool) or v in COMPILE_MODES, f"true, false or one of {COMPILE_MODES}")
+        elif name == "threads":  # default None: the idle CPUs
+            spec[name] = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer")
+        elif isinstance(default, bool):
             spec[name] = (lambda v: isinstance(v, bool), "true or false")
         elif isinstance(default, int):
             spec[name] = (_seed, "an integer seed in [0, 2**32 - 1]") if name == "seed" else (_integer(-(2**63)), "an integer")
