@@ -169,12 +169,29 @@ def _recipe_options(args) -> dict:
     return {k: v for k, v in recipe.items() if v is not None}
 
 
+def _execution_options(args) -> dict:
+    """``--threads`` and ``--compile`` for fit (absent when default, so the run's spec is unchanged)."""
+    options = {"threads": args.threads, "compile": args.compile or None}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _set_threads(threads: int | None) -> None:
+    """The whole command (training and scoring) computes with ``threads`` torch threads, or the
+    default of :func:`pyro_genmod.threads.default_threads`."""
+    import torch
+
+    from .threads import resolve_threads
+
+    torch.set_num_threads(resolve_threads(threads))
+
+
 def cmd_train(args) -> int:
     from .data import load_dataset
     from .distributed import init_distributed, launched_by_torchrun
     from .experiment import resume_experiment, run_experiment
 
     distributed = args.distributed or (launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1)
+    _set_threads(args.threads)
     if args.allow_changed_data and args.resume is None:
         from .errors import ConfigError
 
@@ -222,7 +239,7 @@ def cmd_train(args) -> int:
                 checkpoint_every=args.checkpoint_every, distributed=distributed, loggers=loggers,
                 log_every=args.log_every,
                 beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits,
-                **_recipe_options(args),
+                **_recipe_options(args), **_execution_options(args),
             )
     except TrainingDiverged as error:
         print(f"genmod: {error} (last good state saved in {out})", file=sys.stderr)
@@ -235,6 +252,8 @@ def cmd_train(args) -> int:
     if distributed and folder is None:  # ranks other than 0 write and print nothing
         return 0
     print(f"trained {what}: {result.epochs_run} epochs in {result.train_seconds:.1f} s ({result.stopped_reason})")
+    if result.compile_seconds is not None:
+        print(f"compiled the training step in {result.compile_seconds:.1f} s (included above)")
     _print_scores(metrics)
     print(f"run saved to {folder}")
     return 0
@@ -574,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra dataset option (JSON value)")
     train.add_argument("--num-samples", "-K", type=_positive_int, default=1000, help="importance samples for the test score")
     train.add_argument("--device", type=_device, default=None, help="cpu (default) or cuda")
+    train.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="torch threads (default: torch's count lowered to the idle CPUs, from the load average)")
+    train.add_argument("--compile", action="store_true",
+                       help="compile the training step's loss and gradients with torch.compile (pays on long runs)")
     train.add_argument("--out", default=None, help="run folder (default: runs/MODEL-GUIDE-DATASET-TIME)")
     train.add_argument("--overwrite", action="store_true", help="replace the run files in a non-empty --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
