@@ -23,12 +23,15 @@ VAMP = {"prior": "vamp", "num_pseudo": 6, "encoder_hidden": (16,)}
 @pytest.fixture(scope="module")
 def tiny(digits) -> pg.Dataset:
     return pg.Dataset(name="digits", train=digits.train[:64], val=digits.val[:16], test=digits.test[:16],
-                      binarization=digits.binarization, options=dict(digits.options))
+                      binarization=digits.binarization, train_labels=digits.train_labels[:64],
+                      val_labels=digits.val_labels[:16], test_labels=digits.test_labels[:16],
+                      options=dict(digits.options))
 
 
 @pytest.mark.parametrize(("name", "options"), [
     ("vae", {"latent_dim": 3, "hidden": (16,)}),
     ("vae2", {"latent_dims": (4, 2), "hidden": (16, 8)}),
+    ("cvae", {"latent_dim": 3, "hidden": (16,)}),
 ])
 def test_vamp_prior_option_trains(name, options, tiny):
     torch.manual_seed(0)
