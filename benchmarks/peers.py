@@ -485,11 +485,11 @@ def main(argv=None) -> int:
     random.seed(0)
     torch.manual_seed(0)
     quick = args.quick
-    args.rounds, args.block = (3, 3) if quick else (15, 10)
-    args.epoch_rounds = 2 if quick else 5
+    args.rounds, args.block = (3, 3) if quick else (10, 10)
+    args.epoch_rounds = 2 if quick else 3
     args.ks = (100, 500) if quick else (1000, 5000)
-    args.nll_points, args.nll_rounds = (4, 2) if quick else (20, 7)
-    args.memory_k, args.memory_points, args.memory_rounds = (500, 5, 1) if quick else (5000, 200, 3)
+    args.nll_points, args.nll_rounds = (4, 2) if quick else (10, 5)
+    args.memory_k, args.memory_points, args.memory_rounds = (500, 5, 1) if quick else (5000, 50, 2)
     args.flat_ks = (500, 20_000) if quick else (5000, 1_000_000)
     data, data_name = load_data(args.data_root, quick)
     import pythae
