@@ -5,6 +5,8 @@ into ``benchmarks/results/perf.md``. Timings are medians of interleaved runs in 
 reported as ratios against a hand-written PyTorch baseline doing the same work.
 
     python -m benchmarks.perf svi            # 1. SVI step vs hand-written PyTorch
+    python -m benchmarks.perf step           # 1b. compiled step vs NumPyro jitted SVI vs the matmul-plus-Adam floor
+    python -m benchmarks.perf threads        # 3b. default `genmod train` alone and beside two busy processes
     python -m benchmarks.perf scorer         # 2. IS throughput vs hand-written and pyro.infer.Importance
     python -m benchmarks.perf scaling        # 2. cost in K and in the number of points
     python -m benchmarks.perf protocol       # 2. K=5000 on the 10,000 MNIST test images: wall time, peak RSS
@@ -76,7 +78,7 @@ def save(section: str, result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), **result}
     threads = torch.get_num_threads()
-    name = f"{section}_threads{threads}" if section == "svi" and threads > 1 else section
+    name = f"{section}_threads{threads}" if section in ("svi", "step") and threads > 1 else section
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
@@ -89,7 +91,7 @@ def vae_pair(device: str = "cpu", hidden=(400,), latent_dim: int = 20, seed: int
     return model.to(device), guide.to(device)
 
 
-def interleaved(fns: dict, rounds: int, block: int, baseline: str) -> dict:
+def interleaved(fns: dict, rounds: int, block: int, baseline: str, keep_times: bool = False) -> dict:
     """Median seconds per call of each function and median of the per-round ratios to ``baseline``.
 
     Each round runs every function ``block`` times, in rotated order, so slow spells of a
@@ -120,7 +122,25 @@ def interleaved(fns: dict, rounds: int, block: int, baseline: str) -> dict:
                 "ratio_iqr": [quartiles[0], quartiles[2]],
                 "ratio_ci95": list(median_interval(ratios)),
             }
+    if keep_times:  # per round, for ratios against other variants (anchor_ratios)
+        out["_times"] = times
     return out
+
+
+def anchor_ratios(result: dict, anchors: tuple[str, ...]) -> None:
+    """Add ``over_<anchor>``: each variant's median of per-round ratios to ``anchor`` (wall and CPU,
+    with the 95% interval), from the per-round times :func:`interleaved` kept; drop those times."""
+    times = result.pop("_times")
+    for name in result:
+        for anchor in anchors:
+            if anchor not in result:
+                continue
+            result[name][f"over_{anchor}"] = {}
+            for clock in ("wall", "cpu"):
+                ratios = [t / b for t, b in zip(times[clock][name], times[clock][anchor])]
+                result[name][f"over_{anchor}"][clock] = {
+                    "ratio": statistics.median(ratios), "ratio_ci95": list(median_interval(ratios)),
+                }
 
 
 def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
@@ -253,6 +273,206 @@ def bench_svi(args) -> dict:
         f"{args.rounds} interleaved rounds of {args.block} steps; device {device}",
         "adam": {k: str(v) for k, v in settings.items()},
         "results": results,
+    }
+
+
+# ---------------------------------------------------------------- 1b. compiled step, NumPyro, floor
+
+
+def compiled_step(model, guide):
+    """The step ``fit(..., compile=True)`` takes: the compiled loss and gradients, then fused Adam."""
+    from pyro_genmod.compiled import CompiledLoss
+
+    compiled = CompiledLoss(model, guide)
+    optimizer = torch.optim.Adam(parameters(model, guide), lr=1e-3, fused=True)
+
+    def step(x) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = compiled.loss_and_grads(x)
+        if loss is None:
+            raise RuntimeError("torch.compile failed on this machine")
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def floor_step(model, guide, x):
+    """The step's floor: only its matrix multiplications (the forward pass of both networks and
+    the backward products for their weights and hidden inputs, no input gradient for x) plus one
+    fused Adam update of all the parameters, on tensors of the step's shapes."""
+    enc, dec = [m for m in guide.encoder if isinstance(m, torch.nn.Linear)], [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
+    weights = [layer.weight.detach().clone().requires_grad_(False) for layer in (*enc, *dec)]
+    params = [p.detach().clone() for p in parameters(model, guide)]
+    grads = [torch.randn_like(p) * 1e-3 for p in params]
+    optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)
+    flat = x.reshape(x.shape[0], -1)
+    z = torch.randn(x.shape[0], model.latent_dim)
+
+    def step(_x=None) -> float:
+        w1, w2, w3, w4 = weights  # (400, 784), (40, 400), (400, 20), (784, 400)
+        h1 = flat @ w1.T
+        out = h1 @ w2.T
+        h3 = z @ w3.T
+        logits = h3 @ w4.T
+        d_logits = logits  # stands in for the gradient of the likelihood, same shape
+        d_h3 = d_logits @ w4
+        g4 = d_logits.T @ h3
+        d_z = d_h3 @ w3
+        g3 = d_h3.T @ z
+        d_h1 = out @ w2
+        g2 = out.T @ h1
+        g1 = d_h1.T @ flat
+        for p, g in zip(params, grads):
+            p.grad = g
+        optimizer.step()
+        return float(g1[0, 0] + g2[0, 0] + g3[0, 0] + g4[0, 0] + d_z[0, 0])
+
+    return step
+
+
+def numpyro_step(model, x):
+    """NumPyro's ``SVI`` + ``Trace_ELBO`` on the same 784-400-20 networks (stax, tanh), one particle,
+    NumPyro's Adam, ``jax.jit(svi.update)``; each call waits for the loss. Returns ``None`` when
+    NumPyro is not installed (``pip install "pyro-genmod[numpyro]"``)."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if torch.get_num_threads() == 1 and "XLA_FLAGS" not in os.environ:  # XLA's CPU pool to one thread too
+        os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    try:
+        import jax
+        import jax.numpy as jnp
+        import numpyro
+        import numpyro.distributions as ndist
+        from jax.example_libraries import stax
+        from numpyro.infer import SVI, Trace_ELBO
+    except ImportError:
+        return None
+    hidden, latent, data_dim = model.decoder[0].out_features, model.latent_dim, x[0].numel()
+    encoder = stax.serial(stax.Dense(hidden), stax.Tanh, stax.Dense(2 * latent))
+    decoder = stax.serial(stax.Dense(hidden), stax.Tanh, stax.Dense(data_dim))
+    batch = x.shape[0]
+
+    def np_model(xs):
+        decode = numpyro.module("decoder", decoder, (batch, latent))
+        with numpyro.plate("data", xs.shape[0]):
+            z = numpyro.sample("z", ndist.Normal(0.0, 1.0).expand([latent]).to_event(1))
+            numpyro.sample("x", ndist.Bernoulli(logits=decode(z)).to_event(1), obs=xs)
+
+    def np_guide(xs):
+        encode = numpyro.module("encoder", encoder, (batch, data_dim))
+        loc, raw = jnp.split(encode(xs), 2, axis=-1)
+        with numpyro.plate("data", xs.shape[0]):
+            numpyro.sample("z", ndist.Normal(loc, jax.nn.softplus(raw) + 1e-4).to_event(1))
+
+    xs = jnp.asarray(x.reshape(batch, -1).cpu().numpy())
+    svi = SVI(np_model, np_guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
+    state = [svi.init(jax.random.PRNGKey(0), xs)]
+    update = jax.jit(svi.update)
+
+    def step(_x=None) -> float:
+        state[0], loss = update(state[0], xs)
+        return float(loss)  # waits for the step
+
+    return step
+
+
+def bench_step(args) -> dict:
+    """Interleaved in one process: hand-written eager steps (default and fused Adam), ``fit``'s
+    eager step, ``fit(compile=True)``'s step, NumPyro jitted SVI and the matmul-plus-Adam floor."""
+    device = args.device
+    x = torch.bernoulli(torch.full((128, 1, 28, 28), 0.3, device=device), generator=torch.Generator().manual_seed(0))
+    pairs = {name: vae_pair(device) for name in ("hand", "hand_fused", "zoo", "zoo_compiled", "floor", "numpyro")}
+    hand = HandVAE(*pairs["hand"], {})
+    same_loss(*pairs["hand"], hand, x)
+    compiled = compiled_step(*pairs["zoo_compiled"])
+    start = time.perf_counter()
+    compiled(x)
+    compile_seconds = time.perf_counter() - start
+    steps = {
+        "hand": hand.step,
+        "hand_fused": HandVAE(*pairs["hand_fused"], {"fused": True}).step,
+        "zoo": zoo_step(*pairs["zoo"], get_objective("trace_elbo"), {"fused": True}),
+        "zoo_compiled": compiled,
+        "floor": floor_step(*pairs["floor"], x),
+    }
+    numpyro = numpyro_step(pairs["numpyro"][0], x)
+    if numpyro is not None:
+        start = time.perf_counter()
+        numpyro()
+        steps["numpyro_jit"] = numpyro
+        numpyro_compile = time.perf_counter() - start
+    fns = {name: (lambda s=s: s(x)) for name, s in steps.items()}
+    for fn in fns.values():
+        for _ in range(5):
+            fn()
+    results = interleaved(fns, rounds=args.rounds, block=args.block, baseline="hand", keep_times=True)
+    anchor_ratios(results, ("floor", "numpyro_jit", "hand_fused", "zoo"))
+    return {
+        "setup": "VAE 784-400-20 (tanh), Bernoulli, mean-field guide, batch 128, one particle, Monte Carlo KL; "
+        f"{args.rounds} interleaved rounds of {args.block} steps; device {device}",
+        "compile_seconds": compile_seconds,
+        "numpyro_first_call_seconds": numpyro_compile if numpyro is not None else None,
+        "versions": {"jax": _version("jax"), "numpyro": _version("numpyro")},
+        "results": results,
+    }
+
+
+def _version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------- 3b. threads under contention
+
+
+def bench_threads(args) -> dict:
+    """``genmod train`` with every default (VAE + mean_field on digits, 100 epochs, K=1000), alone and
+    beside two busy processes (``python -c "while True: pass"``, started with this process's
+    niceness), alternating; the same with ``--threads 2`` (torch's own count on 2 cores, what the
+    command used before it had a default of its own). ``OMP_NUM_THREADS`` is removed from the
+    command's environment, so the default applies."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    rows = []
+
+    def train(extra: list[str]) -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "pyro_genmod", "train", "--quiet", "--out", str(Path(folder) / "run"), *extra],
+                capture_output=True, text=True, env=env, timeout=args.timeout, check=False,
+            )
+            wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr)
+        return wall
+
+    for label, extra, rounds in (("default", [], args.train_rounds), ("--threads 2", ["--threads", "2"], 1)):
+        for r in range(rounds):
+            for loaded in (False, True):
+                busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if loaded else 0)]
+                load = os.getloadavg()
+                try:
+                    wall = train(extra)
+                except subprocess.TimeoutExpired:
+                    wall = None
+                finally:
+                    for proc in busy:
+                        proc.kill()
+                        proc.wait()
+                rows.append({"command": " ".join(["genmod train", *extra]), "loaded": loaded, "round": r,
+                             "wall_seconds": wall, "load_average_at_start": load})
+                print(rows[-1], flush=True)
+    from pyro_genmod.threads import default_threads
+
+    return {
+        "setup": "genmod train with every default, alone and beside two busy processes, alternating; "
+        f"timeout {args.timeout} s",
+        "default_threads_here": default_threads(),
+        "rows": rows,
     }
 
 
@@ -827,7 +1047,7 @@ def append_section(out: Path, heading: str, text: str) -> None:
     atomic_write_text(out, new)
 
 
-SECTIONS = {"svi": bench_svi, "scorer": bench_scorer, "scaling": bench_scaling, "protocol": bench_protocol, "e2e": bench_e2e,
+SECTIONS = {"svi": bench_svi, "step": bench_step, "threads": bench_threads, "scorer": bench_scorer, "scaling": bench_scaling, "protocol": bench_protocol, "e2e": bench_e2e,
             "ais": bench_ais}
 
 
@@ -844,6 +1064,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chains", type=int, default=4, help="ais: chains per point")
     parser.add_argument("--steps", type=int, default=20, help="ais: annealing steps")
     parser.add_argument("--leapfrog", type=int, default=5, help="ais: leapfrog steps per transition")
+    parser.add_argument("--train-rounds", type=int, default=2, help="threads: alone/loaded pairs of the default run")
+    parser.add_argument("--timeout", type=float, default=400, help="threads: seconds before a run is given up")
     args = parser.parse_args(argv)
     if args.section == "report":
         print(write_report(RESULTS, RESULTS.parent / "perf.md"))
@@ -852,7 +1074,7 @@ def main(argv=None) -> int:
     k, points = defaults.get(args.section, (None, None))
     args.k = args.k or k
     args.points = args.points or points
-    args.rounds = args.rounds or (60 if args.section == "svi" else 30)
+    args.rounds = args.rounds or (60 if args.section in ("svi", "step") else 30)
     save(args.section, SECTIONS[args.section](args))
     if args.section == "ais":  # its own section of perf.md, the others left as they are
         result = json.loads((RESULTS / "ais.json").read_text())
