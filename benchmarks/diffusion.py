@@ -143,7 +143,7 @@ def variance(args) -> None:
     """The diffusion_elbo estimator against the full-chain single-draw ELBO (trace_elbo's), per
     point and for a batch sum, on a model trained briefly on digits; writes variance.json."""
     from pyro_genmod.importance import log_importance_weights
-    from pyro_genmod.objectives.diffusion_elbo import diffusion_terms
+    from pyro_genmod.objectives.diffusion_elbo import diffusion_terms, step_proposal
 
     torch.set_num_threads(args.threads)
     data, rows = pg.load_dataset("digits"), []
@@ -159,12 +159,17 @@ def variance(args) -> None:
                 torch.manual_seed(1)
                 chain = log_importance_weights(model, guide, x, args.draws)
                 one = -torch.stack([diffusion_terms(model, x)["total"] for _ in range(args.draws)])
+                proposal = step_proposal(model)  # None (uniform) for the untrained model: no loss history yet
+                weighted = -torch.stack([diffusion_terms(model, x, proposal)["total"] for _ in range(args.draws)])
             rows.append({
                 "T": steps, "epochs": epochs, "points": int(x.shape[0]), "draws": args.draws,
                 "chain_mean": float(chain.mean()), "one_step_mean": float(one.mean()),
                 "stderr_of_difference": math.sqrt(float(chain.var(0).mean() + one.var(0).mean()) / (args.draws * x.shape[0])),
                 "chain_var_point": float(chain.var(0).mean()), "one_step_var_point": float(one.var(0).mean()),
                 "chain_var_batch": float(chain.sum(1).var()), "one_step_var_batch": float(one.sum(1).var()),
+                "importance_mean": float(weighted.mean()), "importance_var_point": float(weighted.var(0).mean()),
+                "importance_var_batch": float(weighted.sum(1).var()),
+                "proposal": None if proposal is None else [round(float(p), 4) for p in proposal],
             })
             print(json.dumps(rows[-1]), flush=True)
     root = Path(args.runs).expanduser()
@@ -184,16 +189,22 @@ def _variance_lines(path: Path) -> list[str]:
         (f"`{result['command']}`: denoiser 128-128, the same draws count for both estimators; "
         "var(point) is the variance of one draw for one point (mean over points), var(batch) of the sum "
         "over the batch (diffusion_elbo stratifies t across the batch). Network passes per point: "
-        "diffusion_elbo 2, full chain T."),
+        "diffusion_elbo 2, full chain T. 'uniform': t drawn uniformly (`diffusion_elbo(t_sampling=uniform)`); "
+        "'importance': t drawn from the proposal the training run left in the model (the default; "
+        "uniform for an untrained model, which has no loss history)."),
         "",
-        ("| T | epochs | full chain ELBO | diffusion_elbo | s.e. of difference | var(point) chain | var(point) diffusion_elbo | "
-        "var(batch) chain | var(batch) diffusion_elbo |"),
-        "|---|---|---|---|---|---|---|---|---|",
+        ("| T | epochs | full chain ELBO | uniform t | importance t | var(point) chain | var(point) uniform | "
+        "var(point) importance | var(batch) chain | var(batch) uniform | var(batch) importance | proposal p(t), t = 2..T |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
+        if "importance_mean" not in r:
+            continue
         lines.append(
-            f"| {r['T']} | {r['epochs']} | {r['chain_mean']:.2f} | {r['one_step_mean']:.2f} | {r['stderr_of_difference']:.2f} | "
-            f"{r['chain_var_point']:.1f} | {r['one_step_var_point']:.1f} | {r['chain_var_batch']:.0f} | {r['one_step_var_batch']:.0f} |"
+            f"| {r['T']} | {r['epochs']} | {r['chain_mean']:.2f} | {r['one_step_mean']:.2f} | {r['importance_mean']:.2f} | "
+            f"{r['chain_var_point']:.1f} | {r['one_step_var_point']:.1f} | {r['importance_var_point']:.1f} | "
+            f"{r['chain_var_batch']:.0f} | {r['one_step_var_batch']:.0f} | {r['importance_var_batch']:.0f} | "
+            f"{'uniform' if r['proposal'] is None else ', '.join(f'{p:.3f}' for p in r['proposal'])} |"
         )
     return [*lines, ""]
 

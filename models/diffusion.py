@@ -232,6 +232,10 @@ class Diffusion(GenerativeModel):
             self.register_buffer(name, value.to(torch.get_default_dtype()))
         self.log_variance_mix = nn.Parameter(torch.zeros(T)) if variance == "learned" else None
         self.register_buffer("_zero", torch.zeros(()))
+        # diffusion_elbo's importance sampling of t keeps each step's running E[L_{t-1}^2] here,
+        # in the state that checkpoints save (see pyro_genmod.objectives.diffusion_elbo)
+        self.register_buffer("step_loss_sq", torch.zeros(T - 1))
+        self.register_buffer("step_loss_seen", torch.zeros(T - 1))
 
     # --- the forward process q (the guide's side) -------------------------------------------
 
