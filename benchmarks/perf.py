@@ -131,14 +131,14 @@ def anchor_ratios(result: dict, anchors: tuple[str, ...]) -> None:
     """Add ``over_<anchor>``: each variant's median of per-round ratios to ``anchor`` (wall and CPU,
     with the 95% interval), from the per-round times :func:`interleaved` kept; drop those times."""
     times = result.pop("_times")
-    for name in result:
+    for name, entry in result.items():
         for anchor in anchors:
             if anchor not in result:
                 continue
-            result[name][f"over_{anchor}"] = {}
+            entry[f"over_{anchor}"] = {}
             for clock in ("wall", "cpu"):
                 ratios = [t / b for t, b in zip(times[clock][name], times[clock][anchor])]
-                result[name][f"over_{anchor}"][clock] = {
+                entry[f"over_{anchor}"][clock] = {
                     "ratio": statistics.median(ratios), "ratio_ci95": list(median_interval(ratios)),
                 }
 
@@ -684,6 +684,32 @@ def _summary(read) -> list[str]:
                     f"CPU {r['cpu']['ratio']:.3f}x{_ci(r['cpu'])} "
                     f"| {_verdict(max(r['wall']['ratio'], r['cpu']['ratio']) <= 1.05)} |"
                 )
+    for step in (r for r in (read("step"), read("step_threads2")) if r):
+        threads = step["machine"]["torch_threads"]
+        res = step["results"]
+        compiled = res["zoo_compiled"]
+        plural = "s" * (threads > 1)
+        if "numpyro_jit" in res:
+            r = compiled["over_numpyro_jit"]
+            rows.append(
+                f"| compiled step <= NumPyro jitted step ({threads} thread{plural}) | wall {r['wall']['ratio']:.3f}x"
+                f"{_ci(r['wall'])}, CPU {r['cpu']['ratio']:.3f}x{_ci(r['cpu'])} "
+                f"| {_verdict(max(r['wall']['ratio'], r['cpu']['ratio']) <= 1.0)} |"
+            )
+        r = compiled["over_floor"]
+        rows.append(
+            f"| compiled step <= 1.35x the matmul-plus-Adam floor ({threads} thread{plural}) | wall "
+            f"{r['wall']['ratio']:.3f}x{_ci(r['wall'])}, CPU {r['cpu']['ratio']:.3f}x{_ci(r['cpu'])} "
+            f"| {_verdict(max(r['wall']['ratio'], r['cpu']['ratio']) <= 1.35)} |"
+        )
+    threads_run = read("threads")
+    if threads_run:
+        ratio = _loaded_ratio(threads_run, "genmod train")
+        if ratio is not None:
+            rows.append(
+                f"| default `genmod train` beside two busy processes <= 2.5x its time alone | {ratio:.2f}x "
+                f"| {_verdict(ratio <= 2.5)} |"
+            )
     scorer = read("scorer")
     if scorer:
         for name, label in (("zoo", "without k-hat"), ("zoo_khat", "with k-hat")):
@@ -711,11 +737,88 @@ def _summary(read) -> list[str]:
     return rows
 
 
+def _loaded_ratio(result: dict, command: str) -> float | None:
+    """Median loaded wall time over median wall time alone, for ``command`` in a threads run."""
+    alone = [r["wall_seconds"] for r in result["rows"] if r["command"] == command and not r["loaded"]]
+    loaded = [r["wall_seconds"] for r in result["rows"] if r["command"] == command and r["loaded"]]
+    if not alone or not loaded or None in alone:
+        return None
+    if None in loaded:
+        return math.inf
+    return statistics.median(loaded) / statistics.median(alone)
+
+
+def step_markdown(step: dict) -> list[str]:
+    """Section 1b of perf.md, from ``step.json`` or ``step_threads2.json``."""
+    res = step["results"]
+    lines = [step["setup"] + ".", "", _machine_line(step) + ".", ""]
+    lines += [
+        "Variants: `hand` hand-written eager PyTorch (default Adam), `hand_fused` the same with fused Adam,",
+        "`zoo` the step `fit` takes (trace-free Trace_ELBO, fused Adam), `zoo_compiled` the step of",
+        "`fit(..., compile=True)` (loss and gradients compiled by `torch.compile`, fused Adam),",
+        f"`numpyro_jit` NumPyro {step['versions'].get('numpyro')} `SVI` + `Trace_ELBO` with `jax.jit(svi.update)` "
+        f"(jax {step['versions'].get('jax')}, stax networks of the same shapes, NumPyro's Adam; XLA limited to one",
+        "thread when torch is), `floor` only the step's matrix multiplications plus one fused Adam update.",
+        f"Compiling took {step['compile_seconds']:.1f} s (first call, not in the timings); NumPyro's first (jit) call "
+        f"{step['numpyro_first_call_seconds']:.1f} s." if step.get("numpyro_first_call_seconds") else
+        f"Compiling took {step['compile_seconds']:.1f} s (first call, not in the timings).",
+        "",
+        "| variant | ms/step (wall) | ms/step (CPU) | / hand (wall, CPU) | / NumPyro jitted (wall, CPU) | / floor (wall, CPU) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in res.items():
+        def pair(key, r=r):
+            if key not in r:
+                return ""
+            return f"{r[key]['wall']['ratio']:.3f}, {r[key]['cpu']['ratio']:.3f}"
+        lines.append(
+            f"| {name} | {1e3 * r['wall']['median_s']:.2f} | {1e3 * r['cpu']['median_s']:.2f} "
+            f"| {r['wall']['ratio']:.3f}, {r['cpu']['ratio']:.3f} | {pair('over_numpyro_jit')} | {pair('over_floor')} |"
+        )
+    compiled = res["zoo_compiled"]
+    for anchor, label, target in (("over_numpyro_jit", "NumPyro's jitted step", 1.0), ("over_floor", "the floor", 1.35)):
+        if anchor in compiled:
+            r = compiled[anchor]
+            lines += [
+                "",
+                f"Compiled step <= {target:g}x {label}: wall {_verdict(r['wall']['ratio'] <= target)} "
+                f"({r['wall']['ratio']:.3f}x{_ci(r['wall'])}), CPU time {_verdict(r['cpu']['ratio'] <= target)} "
+                f"({r['cpu']['ratio']:.3f}x{_ci(r['cpu'])}).",
+            ]
+    return [*lines, ""]
+
+
+def threads_markdown(result: dict) -> list[str]:
+    """Section 3b of perf.md, from ``threads.json``."""
+    lines = [
+        "## 3b. Threads under contention (issue 21)",
+        "",
+        _machine_line(result) + ".",
+        "",
+        f"{result['setup']}. `OMP_NUM_THREADS` was unset for the runs, so the default applies; on this",
+        f"machine it chose {result['default_threads_here']} thread(s) (torch's count lowered to the idle CPUs:",
+        "`pyro_genmod/threads.py`). Two long training jobs (nice 0 and nice 5) ran on the machine all",
+        "the time, so alone means beside them; the runs and the two busy processes ran at nice 10.",
+        "",
+        "| command | two busy processes | wall seconds | 1-min load average at start |",
+        "|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        wall = "timed out" if row["wall_seconds"] is None else f"{row['wall_seconds']:.1f}"
+        lines.append(f"| `{row['command']}` | {'yes' if row['loaded'] else 'no'} | {wall} | {row['load_average_at_start'][0]:.1f} |")
+    for command in dict.fromkeys(r["command"] for r in result["rows"]):
+        ratio = _loaded_ratio(result, command)
+        if ratio is not None:
+            verdict = f": {_verdict(ratio <= 2.5)}" if command == "genmod train" else ""
+            lines += ["", f"`{command}`, loaded over alone (medians): {ratio:.2f}x (target <= 2.5x for the default{verdict})."]
+    return [*lines, ""]
+
+
 def write_report(folder: Path, out: Path) -> Path:
     """Render every ``<section>.json`` in ``folder`` into the markdown file ``out``."""
     read = lambda name: json.loads((folder / f"{name}.json").read_text()) if (folder / f"{name}.json").exists() else None  # noqa: E731
     lines = [
-        "# Performance (issue 8)",
+        "# Performance (issues 8 and 21)",
         "",
         "Produced by `python -m benchmarks.perf <section>` then `python -m benchmarks.perf report`.",
         "Ratios are medians over interleaved rounds in one process (each round runs every variant",
@@ -819,6 +922,11 @@ def write_report(folder: Path, out: Path) -> Path:
                 f"with it and {1e3 * hand_default['wall']['median_s']:.2f} ms without (wall medians).",
             ]
         lines.append("")
+    step_runs = [r for r in (read("step"), read("step_threads2")) if r]
+    if step_runs:
+        lines += ["## 1b. Compiled step, NumPyro and the floor (issue 21)", ""]
+    for step in step_runs:
+        lines += step_markdown(step)
     scorer = read("scorer")
     if scorer:
         res = scorer["results"]
@@ -904,6 +1012,9 @@ def write_report(folder: Path, out: Path) -> Path:
             f"({epoch['trace_elbo']['train_points']:,} training images, validation ELBO included).",
             "",
         ]
+    threads_run = read("threads")
+    if threads_run:
+        lines += threads_markdown(threads_run)
     lines += [
         "## 4. Devices",
         "",
@@ -914,6 +1025,9 @@ def write_report(folder: Path, out: Path) -> Path:
         "same benchmarks on a GPU.",
         "",
     ]
+    ais = read("ais")
+    if ais:
+        lines.append(ais_markdown(ais))
     out.write_text("\n".join(lines))
     return out
 
@@ -1065,7 +1179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="ais: annealing steps")
     parser.add_argument("--leapfrog", type=int, default=5, help="ais: leapfrog steps per transition")
     parser.add_argument("--train-rounds", type=int, default=2, help="threads: alone/loaded pairs of the default run")
-    parser.add_argument("--timeout", type=float, default=400, help="threads: seconds before a run is given up")
+    parser.add_argument("--timeout", type=float, default=150, help="threads: seconds before a run is given up")
     args = parser.parse_args(argv)
     if args.section == "report":
         print(write_report(RESULTS, RESULTS.parent / "perf.md"))
