@@ -27,7 +27,9 @@ def precision_weighted(loc_a: Tensor, scale_a: Tensor, loc_b: Tensor, scale_b: T
 
 @register_guide("ladder")
 class LadderGuide(HierarchicalGuide):
-    r"""q(z_L|x) prod_l q(z_l|z_{l+1}, x), each q(z_l|.) the precision-weighted product of a
+    r"""Ladder inference: each q(z_l|z_{l+1}, x) is a bottom-up Gaussian times the model's p(z_l|z_{l+1}).
+
+    q(z|x) = q(z_L|x) prod_l q(z_l|z_{l+1}, x), each factor the precision-weighted product of a
     bottom-up Gaussian N(mu^_l(x), sigma^_l(x)^2) and the model's own top-down p(z_l|z_{l+1}).
 
     A deterministic bottom-up pass d_1 = f_1(x), d_l = f_l(d_{l-1}) gives each layer's
