@@ -786,6 +786,8 @@ def step_markdown(step: dict) -> list[str]:
                 f"({r['wall']['ratio']:.3f}x{_ci(r['wall'])}), CPU time {_verdict(r['cpu']['ratio'] <= target)} "
                 f"({r['cpu']['ratio']:.3f}x{_ci(r['cpu'])}).",
             ]
+    if step.get("note"):  # written into the JSON by whoever ran it
+        lines += ["", step["note"]]
     return [*lines, ""]
 
 
@@ -798,8 +800,7 @@ def threads_markdown(result: dict) -> list[str]:
         "",
         f"{result['setup']}. `OMP_NUM_THREADS` was unset for the runs, so the default applies; on this",
         f"machine it chose {result['default_threads_here']} thread(s) (torch's count lowered to the idle CPUs:",
-        "`pyro_genmod/threads.py`). Two long training jobs (nice 0 and nice 5) ran on the machine all",
-        "the time, so alone means beside them; the runs and the two busy processes ran at nice 10.",
+        "`pyro_genmod/threads.py`). The runs and the two busy processes ran at nice 10.",
         "",
         "| command | two busy processes | wall seconds | 1-min load average at start |",
         "|---|---|---|---|",
@@ -812,6 +813,8 @@ def threads_markdown(result: dict) -> list[str]:
         if ratio is not None:
             verdict = f": {_verdict(ratio <= 2.5)}" if "--threads" not in command else ""
             lines += ["", f"`{command}`, loaded over alone (medians): {ratio:.2f}x (target <= 2.5x for the default{verdict})."]
+    if result.get("note"):  # written into the JSON by whoever ran it
+        lines += ["", result["note"]]
     return [*lines, ""]
 
 
@@ -857,6 +860,17 @@ def write_report(folder: Path, out: Path) -> Path:
         "  particles, the fallback, the objective `fit` calls, and each shortcut on its own",
         "  (`StandardNormal`, the eps-form draw, every model's `likelihood_log_prob`).",
         "- `fit` builds its Adam with the fused kernel where torch has one (`optim.create_optimizer`).",
+        "- `fit(..., compile=True)` (issue 21) compiles the trace-free loss of a contract pair, one particle,",
+        "  with `torch.compile` (`pyro_genmod/compiled.py`): forward and backward graphs through AOTAutograd,",
+        "  random draws from torch's own generator (`fallback_random`), so the compiled step draws what the",
+        "  eager step draws and checkpoints resume either. The optimizer stays torch's fused Adam. One graph",
+        "  for loss, gradients and Adam was tried: `torch.autograd.grad` inside the compiled function needs",
+        "  `torch._dynamo.config.trace_autograd_ops`, Adam's step still broke the graph, and compiling it took",
+        "  220 s on this machine, so it was not pursued.",
+        "- Dynamic binarization draws `rand < p` (issue 21): 0.72 ms against 1.87 ms for `torch.bernoulli` on a",
+        "  128 x 784 batch (1,000 calls each, one thread, this machine); a different random stream.",
+        "- `fit(threads=)` / `genmod train --threads`: by default torch's thread count lowered to the idle CPUs",
+        "  (available CPUs minus the 1-minute load average, at least 1; `pyro_genmod/threads.py`).",
         "- `log_importance_weights` (the scorer, IWAE, evaluation ELBO) uses the same messenger",
         "  instead of `poutine.trace` + `replay`; the test compares it with the traced computation.",
         "  The independent-Bernoulli log-density is summed before it is negated (bit-identical).",
