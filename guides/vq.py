@@ -80,12 +80,6 @@ class VQGuide(Guide):
     def posterior(self, x: Tensor) -> dict[str, dist.Distribution]:
         return {"codes": dist.Categorical(logits=self.logits(self.encoder_vectors(x))).to_event(1)}
 
-    def representation(self, x: Tensor) -> Tensor:
-        """q(c_p = k|x) for every position and code, flattened to shape ``(N, P * K)``: what
-        :func:`~pyro_genmod.tasks.encode` returns for this guide (a categorical site's class
-        probabilities, one block per position)."""
-        return self.logits(self.encoder_vectors(x)).softmax(-1).flatten(-2)
-
     def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
         # Sampled, not marked for enumeration: K^P configurations are too many to sum.
         with pyro.plate(self.data_plate, x.shape[0]):

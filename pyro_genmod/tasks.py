@@ -6,6 +6,7 @@ import pyro
 import torch
 from pyro import poutine
 from torch import Tensor
+from torch.distributions import constraints
 
 from ._registry import _check_options
 from .checks import as_points, check_points, check_positive_int
@@ -74,8 +75,11 @@ def sample(
 
 
 def _categories(site) -> int | None:
-    """Number of classes of a discrete ``integer_interval(0, C-1)`` site, else ``None``."""
+    """Number of classes C of a discrete site with support ``integer_interval(0, C-1)``, one
+    class per position when wrapped in ``independent`` (``vq_vae``'s codes), else ``None``."""
     support = site.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
     if site.discrete and hasattr(support, "upper_bound") and getattr(support, "lower_bound", None) == 0:
         return int(support.upper_bound) + 1
     return None
@@ -122,7 +126,7 @@ def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int 
             value = value.expand(count, n, *value.shape[2:]).reshape(count, n, -1)
             classes = _categories(site)
             if one_hot and classes is not None:
-                value = torch.nn.functional.one_hot(value.long().squeeze(-1), classes)
+                value = torch.nn.functional.one_hot(value.long(), classes).reshape(count, n, -1)
             parts.append(value.to(torch.get_default_dtype()))
         return torch.cat(parts, dim=-1)
 
@@ -135,6 +139,8 @@ def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int 
             for site in guide.latent_sites:
                 q = posterior[site.name]
                 if _categories(site) is not None:
+                    while isinstance(q, torch.distributions.Independent):  # one class per position
+                        q = q.base_dist
                     means.append(q.probs.reshape(n, -1))
                 else:
                     means.append(q.mean.reshape(n, -1))
@@ -144,9 +150,10 @@ def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int 
 
 
 def _code_widths(model) -> dict[str, int]:
-    """Columns of a flat code (:func:`encode`'s layout) per latent site: C for a discrete site
-    with C classes (its class probabilities), else the site's number of scalars."""
-    return {site.name: _categories(site) or site.size if site.discrete else site.size for site in model.latent_sites}
+    """Columns of a flat code (:func:`encode`'s layout) per latent site: C per position for a
+    discrete site with C classes (its class probabilities), else the site's number of scalars."""
+    return {site.name: (_categories(site) or 1) * site.size if site.discrete else site.size
+            for site in model.latent_sites}
 
 
 def decode(model, z: Tensor, *, mean: bool = True, y: Tensor | None = None, seed: int | None = None) -> Tensor:
@@ -180,7 +187,10 @@ def decode(model, z: Tensor, *, mean: bool = True, y: Tensor | None = None, seed
     for site in model.latent_sites:
         part = z[:, start : start + widths[site.name]]
         start += widths[site.name]
-        latents[site.name] = part.argmax(-1) if site.discrete else part.reshape(z.shape[0], *site.event_shape)
+        if site.discrete:  # the most probable class at each position
+            latents[site.name] = part.reshape(z.shape[0], *site.event_shape, -1).argmax(-1)
+        else:
+            latents[site.name] = part.reshape(z.shape[0], *site.event_shape)
     with seeded(seed), torch.no_grad(), poutine.block():
         if getattr(model, "is_program", False):
             return model.decode({k: v.unsqueeze(0) for k, v in latents.items()}, mean=mean)[0]

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import pyro_genmod as pg
+from pyro_genmod.bench.metrics import linear_probe_accuracy
+from pyro_genmod.errors import DataError
 from pyro_genmod.importance import log_importance_weights
 from pyro_genmod.objectives import get_objective
 
@@ -81,6 +83,47 @@ def test_guide_mode_is_nearest_codebook_entry(tiny):
     e = guide.encoder_vectors(tiny.test)
     nearest = torch.cdist(e, model.codebook.unsqueeze(0).expand(e.shape[0], -1, -1)).argmin(-1)
     assert torch.equal(guide.posterior(tiny.test)["codes"].base_dist.probs.argmax(-1), nearest)
+
+
+def test_encode_gives_each_positions_code_probabilities(tiny):
+    # Regression (issue 22): encode's generic path read the site's support independent(integer_interval)
+    # as continuous and returned Categorical.mean, all NaN, which reached the bench's linear probe.
+    _, guide = _tiny_pair(tiny)
+    assert not hasattr(guide, "representation")  # the generic path is the one under test
+    codes = pg.encode(guide, tiny.test)
+    P, K = TINY["num_positions"], TINY["num_codes"]
+    assert codes.shape == (tiny.test.shape[0], P * K) and torch.isfinite(codes).all()
+    expected = guide.posterior(tiny.test)["codes"].base_dist.probs
+    torch.testing.assert_close(codes.reshape(-1, P, K), expected)
+    draws = pg.encode(guide, tiny.test, num_samples=3)
+    assert draws.shape == (3, tiny.test.shape[0], P) and bool(((draws >= 0) & (draws < K)).all())
+    labels = torch.arange(tiny.test.shape[0]) % 2
+    accuracy = linear_probe_accuracy(codes, labels, codes, labels)
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_linear_probe_refuses_non_finite_features():
+    features = torch.zeros(6, 3)
+    features[2, 1] = float("nan")
+    with pytest.raises(DataError, match="train_features has 1 non-finite values in 1 columns"):
+        linear_probe_accuracy(features, torch.tensor([0, 1] * 3), torch.zeros(6, 3), torch.tensor([0, 1] * 3))
+
+
+def test_decode_and_reconstruct_use_the_mode_codes(tiny):
+    model, guide = _tiny_pair(tiny, epochs=1)
+    x = tiny.test[:5]
+    mode = guide.posterior(x)["codes"].base_dist.probs.argmax(-1)  # (N, P): nearest codebook entries
+    with torch.no_grad():
+        expected = model.likelihood({"codes": mode}).mean
+    torch.testing.assert_close(pg.decode(model, pg.encode(guide, x)), expected)
+    torch.testing.assert_close(pg.reconstruct(model, guide, x), expected)
+    one_hot = torch.nn.functional.one_hot(mode, TINY["num_codes"]).flatten(1).float()
+    torch.testing.assert_close(pg.decode(model, one_hot), expected)
+    path = pg.interpolate(model, guide, x[:2], x[2:4], steps=3)
+    assert path.shape == (2, 3, *tiny.shape)
+    torch.testing.assert_close(path[:, 0], expected[:2])
+    with pytest.raises(DataError, match=r"shape \(N, 8\)"):
+        pg.decode(model, torch.zeros(2, TINY["num_positions"]))
 
 
 def test_trains_on_digits_and_scores(tiny):

@@ -15,7 +15,7 @@ import torch
 
 from pyro_genmod.ais import AISLogLikelihood
 from pyro_genmod.densities import latent_log_ratios
-from pyro_genmod.errors import ConfigError
+from pyro_genmod.errors import ConfigError, DataError
 from pyro_genmod.importance import LogLikelihood, log_likelihood
 from pyro_genmod.seeding import seeded
 
@@ -60,8 +60,17 @@ def linear_probe_accuracy(train_features, train_labels, test_features, test_labe
     """Test accuracy of a logistic regression fitted on standardized training features.
 
     A representation-quality score for q(z|x): how linearly separable the classes are in the
-    posterior means.
+    posterior means. Non-finite features (a guide whose encoding is undefined) raise a
+    :class:`DataError` naming them, not scikit-learn's error from inside the fit.
     """
+    for name, features in (("train_features", train_features), ("test_features", test_features)):
+        bad = ~torch.isfinite(torch.as_tensor(features))
+        if bad.any():
+            columns = int(bad.reshape(bad.shape[0], -1).any(0).sum())
+            raise DataError(
+                f"linear probe: {name} has {int(bad.sum())} non-finite values in {columns} columns; "
+                "the guide's encoding (pg.encode) is not defined for them"
+            )
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
