@@ -6,6 +6,7 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import torch
 from torch import Tensor
 
 from pyro_genmod._registry import register_guide
@@ -32,6 +33,8 @@ class VQGuide(Guide):
           https://arxiv.org/abs/1711.00937
         | Theory and Experiments on Vector Quantized Autoencoders (Roy et al., 2018)
           https://arxiv.org/abs/1805.11063
+        | Weighted Average Importance Sampling and Defensive Mixture Distributions (Hesterberg, 1995)
+          https://doi.org/10.1080/00401706.1995.10484303
 
     Arguments:
         model: a model with a codebook (``vq_vae``).
@@ -40,6 +43,11 @@ class VQGuide(Guide):
         encoder: ``"mlp"`` (default), ``"conv"`` or ``"resnet"`` (images only).
         channels: feature maps of the conv and ResNet encoders.
         temperature: T > 0, the softmax temperature on squared distances.
+        prior_weight: alpha in [0, 1); with alpha > 0 each position's proposal is the defensive
+            mixture (1 - alpha) q(c_p|x) + alpha p(c_p) with the model's prior (Hesterberg), so an
+            importance weight's prior-to-proposal ratio is at most 1/alpha per position. The
+            straight-through ``vq_elbo`` trains the unmixed q (it reads :meth:`logits`); sampling,
+            scoring and :func:`~pyro_genmod.tasks.encode` use the mixture. Default 0 (plain q).
     """
 
     @classmethod
@@ -56,11 +64,16 @@ class VQGuide(Guide):
         encoder: str = "mlp",
         channels: int = 32,
         temperature: float = 1.0,
+        prior_weight: float = 0.0,
     ):
         super().__init__(model)
         if not (math.isfinite(temperature) and temperature > 0):
             raise ConfigError(f"guide 'vq' option 'temperature' must be a positive number, got {temperature}")
         self.temperature = float(temperature)
+        if not (isinstance(prior_weight, (int, float)) and 0.0 <= prior_weight < 1.0):
+            raise ConfigError(f"guide 'vq' option 'prior_weight' must be a number in [0, 1), got {prior_weight} "
+                              "(the guide 'prior' is alpha = 1)")
+        self.prior_weight = float(prior_weight)
         self.num_positions, self.code_dim = model.num_positions, model.code_dim
         # Held without registering it as a submodule: the codebook is the model's parameter.
         object.__setattr__(self, "_model", model)
@@ -78,7 +91,12 @@ class VQGuide(Guide):
         return -distances / self.temperature
 
     def posterior(self, x: Tensor) -> dict[str, dist.Distribution]:
-        return {"codes": dist.Categorical(logits=self.logits(self.encoder_vectors(x))).to_event(1)}
+        logits = self.logits(self.encoder_vectors(x))
+        if self.prior_weight > 0:  # log((1 - a) q + a p), per position and code
+            log_q = torch.log_softmax(logits, -1) + math.log1p(-self.prior_weight)
+            log_p = torch.log_softmax(self._model.prior_logits, -1) + math.log(self.prior_weight)
+            logits = torch.logaddexp(log_q, log_p)
+        return {"codes": dist.Categorical(logits=logits).to_event(1)}
 
     def forward(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
         # Sampled, not marked for enumeration: K^P configurations are too many to sum.

@@ -85,6 +85,28 @@ def test_guide_mode_is_nearest_codebook_entry(tiny):
     assert torch.equal(guide.posterior(tiny.test)["codes"].base_dist.probs.argmax(-1), nearest)
 
 
+@pytest.mark.filterwarnings("ignore::pyro_genmod.errors.KhatWarning")
+def test_defensive_prior_mixture_is_a_valid_proposal(tiny):
+    model, guide = _tiny_pair(tiny, epochs=2)
+    x = tiny.test
+    plain = guide.posterior(x)["codes"].base_dist.probs
+    guide.prior_weight = 0.3
+    mixed = guide.posterior(x)["codes"].base_dist.probs
+    torch.testing.assert_close(mixed, 0.7 * plain + 0.3 * model.prior_logits.softmax(-1))
+    # the weights' prior-to-proposal ratio is bounded by 1/alpha per position; the estimate is the same sum
+    num = 4000
+    with torch.no_grad():
+        log_w = log_importance_weights(model, guide, x, num).double()
+    w = (log_w - log_w.max(0).values).exp()
+    se = (w.std(0) / w.mean(0) / math.sqrt(num)).float()
+    estimate = pg.log_likelihood(model, guide, x, num_samples=num, seed=0).per_point
+    gap = (estimate - model.exact_log_likelihood(x)).abs()
+    assert bool((gap < 4 * se + 1e-4).all()), f"max |IS - exact| / se = {float((gap / se).max()):.2f}"
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(pg.ConfigError, match="prior_weight"):
+            pg.create_guide("vq", model, prior_weight=bad)
+
+
 def test_encode_gives_each_positions_code_probabilities(tiny):
     # Regression (issue 22): encode's generic path read the site's support independent(integer_interval)
     # as continuous and returned Categorical.mean, all NaN, which reached the bench's linear probe.
