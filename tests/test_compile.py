@@ -135,6 +135,7 @@ def test_compiled_fit_matches_eager_and_resumes_bitwise(digits, tmp_path):
     """Two epochs compiled against eager (same draws: the losses agree to float32 reordering), and a
     compiled fit stopped after one epoch and resumed equals the uninterrupted compiled fit bit for bit."""
     eager, eager_params = _fit(digits)
+    (tmp_path / "whole").mkdir(), (tmp_path / "cut").mkdir()
     whole, whole_params = _fit(digits, compile=True, checkpoint=str(tmp_path / "whole"))
     assert whole.compile_seconds > 0
     for a, b in zip(whole.history, eager.history):
