@@ -90,7 +90,7 @@ def encode(guide, x: Tensor, *, num_samples: int | None = None, mc_samples: int 
 
     All latent sites are flattened and concatenated in declaration order. A continuous site
     contributes its mean (D counts its scalars); a discrete site with C classes contributes its
-    C class probabilities q(k|x). With ``num_samples=S`` return S posterior draws instead, shape
+    C class probabilities q(k|x), C per position for a site of P positions (``vq_vae``: P * C). With ``num_samples=S`` return S posterior draws instead, shape
     ``(S, N, D)``, discrete sites as their sampled class index. Where a family has no
     closed-form mean (flows, transformed supports) the mean is estimated from ``mc_samples``
     draws. A guide that defines ``representation(x)`` returns its own, documented there
