@@ -104,12 +104,20 @@ def _git_commit() -> str:
         return os.environ.get("GENMOD_COMMIT", "unknown")
 
 
-def run_row(name: str, runs_dir: Path, data_root, epochs: int, batch_size: int, every: int, seed: int = 0) -> dict:
-    """Train (or resume) row ``name`` to ``epochs``, scoring the curve on the way, then the final NLL."""
+def run_row(
+    name: str, runs_dir: Path, data_root, epochs: int, batch_size: int, every: int, seed: int = 0,
+    init: str | None = "burda",
+) -> dict:
+    """Train (or resume) row ``name`` to ``epochs``, scoring the curve on the way, then the final NLL.
+
+    ``init`` is :func:`pyro_genmod.fit`'s: ``"burda"`` (the paper's code: Glorot-uniform weights,
+    the decoder's output bias at the mean pixel's logits) or ``None`` (torch's default layers)."""
     row = ROWS[name]
     folder = runs_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     setup = dict(epochs=epochs, batch_size=batch_size, seed=seed, every=every)
+    if init is not None:  # absent in the setups of the runs made before fit had init=
+        setup["init"] = init
     saved = _read_json(folder / "setup.json")
     if saved is not None and saved != setup:
         raise SystemExit(f"{folder} was started with {saved}; this call asks for {setup}")
@@ -123,6 +131,8 @@ def run_row(name: str, runs_dir: Path, data_root, epochs: int, batch_size: int, 
         optimizer="adam", optimizer_options={"betas": [0.9, 0.999], "eps": 1e-4},
         lr_schedule="burda", lr_schedule_options={"epochs": epochs}, progress=False,
     )
+    if init is not None:
+        recipe["init"] = init
     saver = Checkpointer(folder, every=2000)
     curve_path = folder / "curve.csv"
     curve = list(csv.DictReader(curve_path.open())) if curve_path.is_file() else []
@@ -313,11 +323,14 @@ def main(argv=None) -> int:
     run.add_argument("--epochs", type=int, default=3280)
     run.add_argument("--batch-size", type=int, default=20)
     run.add_argument("--eval-every", type=int, default=50, metavar="EPOCHS")
+    run.add_argument("--init", choices=["burda", "glorot", "torch"], default="burda",
+                     help="burda (the paper's code; default), glorot, or torch (torch's default layers)")
     report = sub.add_parser("report", help="write benchmarks/results/reproduce.md and the plot")
     report.add_argument("--runs-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "run":
-        final = run_row(args.row, args.runs_dir, args.data_root, args.epochs, args.batch_size, args.eval_every)
+        init = None if args.init == "torch" else args.init
+        final = run_row(args.row, args.runs_dir, args.data_root, args.epochs, args.batch_size, args.eval_every, init=init)
         print(json.dumps(final, indent=2))
     else:
         print(f"wrote {write_report(args.runs_dir)}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import _registry, factories
 from .errors import GenmodError, KhatWarning, TrainingDiverged
+from .initialization import INIT_SCHEMES
 
 __all__ = ["main"]
 
@@ -164,7 +165,7 @@ def _recipe_options(args) -> dict:
     recipe = dict(
         optimizer=args.optimizer, optimizer_options=dict(args.optimizer_opt or []) or None,
         lr_schedule=args.lr_schedule, lr_schedule_options=dict(args.lr_schedule_opt or []) or None,
-        clip_grad_norm=args.clip_grad_norm,
+        clip_grad_norm=args.clip_grad_norm, init=args.init,
     )
     return {k: v for k, v in recipe.items() if v is not None}
 
@@ -586,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="schedule option (JSON value), e.g. gamma=0.99")
     train.add_argument("--clip-grad-norm", type=_positive_float, default=None, metavar="NORM",
                        help="clip the global gradient norm to NORM at every step")
+    train.add_argument("--init", choices=INIT_SCHEMES, default=None,
+                       help="re-initialize the networks: glorot, or burda (glorot and the decoder's output bias "
+                            "at the mean pixel's logits, as in Burda et al.'s code)")
     train.add_argument("--latent-dim", type=_positive_int, default=None)
     train.add_argument("--likelihood", default=None)
     train.add_argument("--model-opt", type=_option, action="append", metavar="KEY=VALUE", help="extra model option (JSON value)")

@@ -27,6 +27,7 @@ from .datasets import Dataset
 from .densities import log_densities
 from .distributed import DataParallel, LossModule
 from .errors import ConfigError, DataError, TrainingDiverged
+from .initialization import check_init, initialize
 from .labels import LabelFeed, training_labels
 from .latents import check_pair
 from .objectives import get_objective
@@ -125,6 +126,7 @@ def fit(
     lr_schedule=None,
     lr_schedule_options: dict | None = None,
     clip_grad_norm: float | None = None,
+    init: str | None = None,
     callbacks: list[Callback] | None = None,
     compile: bool | str = False,
     threads: int | None = None,
@@ -176,6 +178,10 @@ def fit(
             any ``torch.optim.lr_scheduler`` class or its name, or a function of the optimizer
             (see :mod:`pyro_genmod.optim`).
         clip_grad_norm: clip the global norm of the gradients to this value at every step.
+        init: re-initialize the networks before training (seeded by ``seed``): ``"glorot"``
+            (Glorot-uniform weights, zero biases) or ``"burda"`` (that, and the decoder's output
+            bias at the logits of the mean training pixel, as in Burda et al.'s code); see
+            :mod:`pyro_genmod.initialization`. Default: the networks as they were built.
         callbacks: :class:`~pyro_genmod.callbacks.Callback` objects called at the start, every
             ``every_n_steps`` steps (loss, learning rate, gradient norm), at every epoch's end
             (train and validation ELBO, KL per latent site, seconds) and at the end; for
@@ -211,7 +217,7 @@ def fit(
         num_particles=num_particles, early_stopping=early_stopping, device=device, checkpoint=checkpoint,
         distributed=distributed, beta=beta, kl_warmup=kl_warmup, free_bits=free_bits, optimizer=optimizer,
         optimizer_options=optimizer_options, lr_schedule=lr_schedule, lr_schedule_options=lr_schedule_options,
-            clip_grad_norm=clip_grad_norm, compile=compile,
+            clip_grad_norm=clip_grad_norm, init=init, compile=compile,
         )
         run.result.threads = count
         if resume:
@@ -226,7 +232,7 @@ class _Fit:
     def __init__(
         self, model, guide, data, *, epochs, batch_size, lr, seed, objective, num_particles, early_stopping,
         device, checkpoint, distributed, beta, kl_warmup, free_bits, optimizer, optimizer_options, lr_schedule,
-        lr_schedule_options, clip_grad_norm, compile=False,
+        lr_schedule_options, clip_grad_norm, init=None, compile=False,
     ):
         model = as_model(model, data)
         guide = as_guide(guide, model, data)
@@ -239,6 +245,7 @@ class _Fit:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ConfigError(f"the learning rate must be a positive number, got {lr!r}")
         self.clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
+        check_init(init)
         check_pair(model, guide)
         mode = check_compile(compile)
         if objective is None:
@@ -257,6 +264,8 @@ class _Fit:
         guide.to(device)
         self.model, self.guide, self.data, self.device = model, guide, data, device
         self.train_x, self.val_x = data.train.to(device), data.val.to(device)
+        if init is not None:  # before DDP broadcasts rank 0's parameters; a resume overwrites them
+            initialize(model, guide, self.train_x, init, seed=seed)
         self.world = ddp.world_size if ddp else 1
         pyro.set_rng_seed(seed + (ddp.rank if ddp else 0))  # ranks draw different latent noise
         self.generator = torch.Generator(device=device).manual_seed(seed)  # same data order on all ranks
@@ -277,7 +286,7 @@ class _Fit:
         recipe = dict(
             optimizer=_recipe_name(optimizer), optimizer_options=optimizer_options or None,
             lr_schedule=_recipe_name(lr_schedule), lr_schedule_options=lr_schedule_options or None,
-            clip_grad_norm=self.clip_grad_norm,
+            clip_grad_norm=self.clip_grad_norm, init=init,
         )
         options.update({k: v for k, v in recipe.items() if v is not None})  # absent when default
         if ddp:

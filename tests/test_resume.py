@@ -177,9 +177,9 @@ def _history(folder: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
-RECIPE = [  # a non-default optimizer, Burda's schedule (the lr drops after epochs 1 and 4), clipping
+RECIPE = [  # a non-default optimizer, Burda's schedule (the lr drops after epochs 1 and 4), clipping, init
     "--optimizer", "adamw", "--optimizer-opt", "eps=1e-4", "--optimizer-opt", "weight_decay=0.01",
-    "--lr-schedule", "burda", "--clip-grad-norm", "5",
+    "--lr-schedule", "burda", "--clip-grad-norm", "5", "--init", "burda",
 ]
 
 
