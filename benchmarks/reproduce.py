@@ -16,10 +16,11 @@ test images with K = 1000 (the time-to-quality curve), then continues from its c
 resumed fit is bit for bit the uninterrupted one). At the end it scores all 10,000 test images
 with K = 5000 in resumable blocks, with PSIS k-hat, and counts active units.
 
-    python -m benchmarks.reproduce run vae1_k1 --runs-dir ~/genmod-runs/reproduce   # resumable
-    python -m benchmarks.reproduce report --runs-dir ~/genmod-runs/reproduce
+    python -m benchmarks.reproduce run vae1_k1 --runs-dir ~/genmod-runs/reproduce-burda-init   # resumable
+    python -m benchmarks.reproduce report --runs-dir ~/genmod-runs/reproduce-burda-init \\
+        --runs-dir ~/genmod-runs/reproduce-torch-init   # the current recipe first, then earlier ones
 
-``report`` copies each run's history, curve and metrics to ``benchmarks/results/reproduce/`` and
+``report`` copies each run's curve, setup and metrics to ``benchmarks/results/reproduce/RECIPE/`` and
 writes ``benchmarks/results/reproduce.md`` and ``reproduce_time_to_quality.png``. The MNIST files
 are found through ``--data-root`` or ``$GENMOD_DATA_ROOT`` (default ``../shared/data`` beside
 the repository).
@@ -73,7 +74,17 @@ curve repeats session 4's (152.95 at epoch 1) but not the lost first run's (151.
 commit 90ab3e4, and the code changed in between). The training wall times below are those of the
 session-5 runs, on a 2-core machine shared with development processes (load average 7-9); in
 session 5 the VAE run had about one core to itself (the IWAE run much less), so its wall time is
-close to its compute and the IWAE's overstates it several-fold."""
+close to its compute and the IWAE's overstates it several-fold.
+
+Session 6 found why the two-layer VAE learned so slowly (121.7 at epoch 50, where the one-layer
+VAE was at 97.5) and part of why the one-layer rows trail the paper: Burda et al.'s code
+initializes every layer Glorot-uniform with zero biases, and the decoder's output bias at the logits
+of the mean training pixel; these runs used torch's default layers. With the paper's initialization
+(`fit(init="burda")`), the two-layer VAE's validation ELBO after 2 epochs at a constant lr 1e-3 is
+-124.9 instead of -181.8, and the one-layer VAE's -121.3 instead of -146.3. Session 6 therefore
+stopped the torch-init runs (`iwae1_k5` at epoch 200: 88.90; `vae2_k1` at epoch 50) and started
+every row again with `init="burda"` (code pinned at 0903ece), the same schedule, epochs, batch and
+seed. The torch-init rows stay in the tables below for comparison."""
 FINAL_K = 5000
 
 
@@ -187,34 +198,71 @@ def run_row(
     return final
 
 
-def _table(finals: dict[str, dict], curves: dict[str, list[dict]]) -> str:
-    lines = [
-        "| layers | objective | k | ours NLL ± s.e. | published | difference | epochs (batch) | train time | "
-        "threads | k-hat > 0.7 | active units |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, row in ROWS.items():
-        final, curve = finals.get(name), curves.get(name) or []
-        objective = "VAE" if row["objective"] == "trace_elbo" else "IWAE"
+INIT_TEXT = {
+    "burda": "`init=\"burda\"` (as in Burda et al.'s code: Glorot-uniform weights, zero biases, the decoder's "
+             "output bias at the logits of the mean training pixel)",
+    "glorot": "`init=\"glorot\"` (Glorot-uniform weights, zero biases)",
+    "torch": "torch's default layers (no `init=`)",
+}
+
+
+def _collect(runs_dir: Path, target: Path) -> dict:
+    """One recipe's runs: every row's curve, setup and final metrics from ``runs_dir``, copied to
+    ``target/<label>/`` where the label names the recipe's initialization (``burda-init``, ...)."""
+    setups = {name: _read_json(runs_dir / name / "setup.json") for name in ROWS}
+    inits = {(setup or {}).get("init", "torch") for setup in setups.values() if setup is not None}
+    if len(inits) > 1:
+        raise SystemExit(f"{runs_dir} mixes runs of different inits {sorted(inits)}; keep one recipe per runs folder")
+    init = inits.pop() if inits else "torch"
+    recipe = {"label": f"{init}-init", "init": init, "folder": runs_dir, "finals": {}, "curves": {}, "setups": {}}
+    for name in ROWS:
+        folder = runs_dir / name
+        if setups[name] is None:
+            continue
+        for file in ("curve.csv", "history.csv", "final.json", "setup.json"):
+            if (folder / file).is_file():
+                (target / recipe["label"]).mkdir(parents=True, exist_ok=True)
+                atomic_write_text(target / recipe["label"] / f"{name}.{file}", (folder / file).read_text())
+        recipe["setups"][name] = setups[name]
+        if (folder / "curve.csv").is_file():
+            recipe["curves"][name] = list(csv.DictReader((folder / "curve.csv").open()))
+        final = _read_json(folder / "final.json")
         if final is not None:
-            diff = final["nll"] - final["published"]
-            lines.append(
-                f"| {row['layers']} | {objective} | {row['k']} | **{final['nll']:.2f}** ± {final['nll_stderr']:.2f} "
-                f"| {row['published']:.2f} | {diff:+.2f} | {final['epochs']} ({final['batch_size']}) | "
-                f"{final['train_seconds'] / 3600:.1f} h | {final['threads']} | "
-                f"{100 * final['khat_above_0.7']:.1f}% | {'+'.join(map(str, final['active_units']))} "
-                f"of {'+'.join(map(str, final['latent_dims']))} |"
-            )
-        elif curve:
-            last = curve[-1]
-            lines.append(
-                f"| {row['layers']} | {objective} | {row['k']} | in training: {float(last['nll_1k']):.2f} "
-                f"(1,000 test points, K={CURVE_K}) | {row['published']:.2f} | "
-                f"{float(last['nll_1k']) - row['published']:+.2f} | {last['epoch']} so far | "
-                f"{float(last['train_seconds']) / 3600:.1f} h | 1 | | |"
-            )
-        else:
-            lines.append(f"| {row['layers']} | {objective} | {row['k']} | not started | {row['published']:.2f} | | | | | | |")
+            recipe["finals"][name] = final
+    return recipe
+
+
+def _table(recipes: list[dict]) -> str:
+    lines = [
+        "| init | layers | objective | k | ours NLL ± s.e. | published | difference | epochs (batch) | train time "
+        "| threads | k-hat > 0.7 | active units |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for index, recipe in enumerate(recipes):
+        for name, row in ROWS.items():
+            final, curve = recipe["finals"].get(name), recipe["curves"].get(name) or []
+            objective = "VAE" if row["objective"] == "trace_elbo" else "IWAE"
+            head = f"| {recipe['init']} | {row['layers']} | {objective} | {row['k']} "
+            if final is not None:
+                diff = final["nll"] - final["published"]
+                lines.append(
+                    head + f"| **{final['nll']:.2f}** ± {final['nll_stderr']:.2f} | {row['published']:.2f} | "
+                    f"{diff:+.2f} | {final['epochs']} ({final['batch_size']}) | "
+                    f"{final['train_seconds'] / 3600:.1f} h | {final['threads']} | "
+                    f"{100 * final['khat_above_0.7']:.1f}% | {'+'.join(map(str, final['active_units']))} "
+                    f"of {'+'.join(map(str, final['latent_dims']))} |"
+                )
+            elif curve:
+                last = curve[-1]
+                stopped = "" if index == 0 else ", stopped"
+                lines.append(
+                    head + f"| {'in training' if index == 0 else 'stopped'}: {float(last['nll_1k']):.2f} "
+                    f"(1,000 test points, K={CURVE_K}) | {row['published']:.2f} | "
+                    f"{float(last['nll_1k']) - row['published']:+.2f} | {last['epoch']} of "
+                    f"{recipe['setups'][name]['epochs']}{stopped} | {float(last['train_seconds']) / 3600:.1f} h | 1 | | |"
+                )
+            elif index == 0:
+                lines.append(head + f"| not started | {row['published']:.2f} | | | | | | |")
     return "\n".join(lines)
 
 
@@ -222,56 +270,61 @@ def _time_to(curve: list[dict], level: float) -> str:
     for r in curve:
         if float(r["nll_1k"]) <= level:
             return f"{float(r['train_seconds']) / 3600:.2f} h (epoch {r['epoch']})"
-    return "not reached"
+    return "not reached" + (f" in {curve[-1]['epoch']} epochs" if curve else "")
 
 
-def write_report(runs_dir: Path, out: Path = RESULTS) -> Path:
+def _plot(recipes: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    target = out / "reproduce"
-    target.mkdir(parents=True, exist_ok=True)
-    finals, curves, setups = {}, {}, {}
-    for name in ROWS:
-        folder = runs_dir / name
-        for file in ("curve.csv", "history.csv", "final.json", "setup.json"):
-            if (folder / file).is_file():
-                atomic_write_text(target / f"{name}.{file}", (folder / file).read_text())
-        if (folder / "curve.csv").is_file():
-            curves[name] = list(csv.DictReader((folder / "curve.csv").open()))
-        finals[name] = _read_json(folder / "final.json")
-        setups[name] = _read_json(folder / "setup.json")
-        if finals[name] is None:
-            finals.pop(name)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, curve in curves.items():
-        hours = [float(r["train_seconds"]) / 3600 for r in curve]
-        epochs = [int(r["epoch"]) for r in curve]
-        nll = [float(r["nll_1k"]) for r in curve]
-        axes[0].plot(hours, nll, marker=".", label=name)
-        axes[1].plot(epochs, nll, marker=".", label=name)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    colours = dict(zip(ROWS, ("C0", "C1", "C2", "C3")))
+    styles = ("-", "--", ":", "-.")
+    for index, recipe in enumerate(recipes):
+        for name, curve in recipe["curves"].items():
+            hours = [float(r["train_seconds"]) / 3600 for r in curve]
+            epochs = [int(r["epoch"]) for r in curve]
+            nll = [float(r["nll_1k"]) for r in curve]
+            style = dict(marker=".", color=colours[name], linestyle=styles[index % len(styles)],
+                         label=f"{name}, {recipe['init']} init")
+            axes[0].plot(hours, nll, **style)
+            axes[1].plot(epochs, nll, **style)
+    shown = {name for recipe in recipes for name in recipe["curves"]}
     for ax, xlabel in zip(axes, ("training wall time (hours, 1 thread)", "epochs")):
-        for name, row in ROWS.items():
-            if name in curves:
-                ax.axhline(row["published"], linestyle=":", linewidth=0.8, color="grey")
+        for name in shown:
+            ax.axhline(ROWS[name]["published"], linestyle=":", linewidth=0.8, color=colours[name])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"test NLL, first {CURVE_POINTS} images, K={CURVE_K} (nats)")
         ax.set_ylim(80, 110)
         ax.grid(alpha=0.3)
     axes[1].set_xscale("log")
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     fig.suptitle("Time to quality on MNIST (dotted: Burda et al.'s published NLLs)")
     fig.tight_layout()
-    fig.savefig(out / "reproduce_time_to_quality.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_report(runs_dirs: list[Path], out: Path = RESULTS) -> Path:
+    """``reproduce.md`` and the time-to-quality plot from one or more recipes' runs folders; the
+    first is the current recipe (all four rows listed), the others earlier ones (their rows that ran)."""
+    target = out / "reproduce"
+    recipes = [_collect(Path(d), target) for d in runs_dirs]
+    labels = [r["label"] for r in recipes]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"two runs folders hold the same recipe ({labels}); pass each recipe once")
+    _plot(recipes, out / "reproduce_time_to_quality.png")
     levels = (90.0, 88.0, 87.0, 86.76)
     ttq = ["| row | recipe | " + " | ".join(f"to {lv}" for lv in levels) + " |", "|---|---|" + "---|" * len(levels)]
-    for name, curve in curves.items():
-        setup = setups.get(name) or {}
-        recipe = f"Adam eps 1e-4, burda over {setup.get('epochs')} epochs, batch {setup.get('batch_size')}"
-        ttq.append(f"| {name} | {recipe} | " + " | ".join(_time_to(curve, lv) for lv in levels) + " |")
+    for recipe in recipes:
+        for name, curve in recipe["curves"].items():
+            setup = recipe["setups"][name]
+            text = (f"{recipe['init']} init, Adam eps 1e-4, burda over {setup.get('epochs')} epochs, "
+                    f"batch {setup.get('batch_size')}")
+            ttq.append(f"| {name} | {text} | " + " | ".join(_time_to(curve, lv) for lv in levels) + " |")
+    inits = "; ".join(f"**{r['init']}**: {INIT_TEXT[r['init']]}" for r in recipes)
     text = f"""# Burda et al.'s MNIST Table 1, reproduced
 
 Setting: dynamically binarized MNIST (training pixels redrawn per batch; test set binarized once, seed 2),
@@ -284,15 +337,16 @@ Recipe: Adam (β = 0.9, 0.999, ε = 1e-4), learning rate 1e-3 · 10^(-i/7) over 
 3^i epochs (the `burda` schedule of `pyro_genmod.optim`). The paper trains 3,280 epochs at batch 20 on
 a GPU; each row below states its own epochs and batch size: where they are fewer than the paper's,
 the schedule's eight stages are compressed in proportion (`lr_schedule_options={{"epochs": N}}`), a
-faster recipe on the same networks and objectives. Each run uses one thread on a shared 2-core CPU
-(niced), so wall times overstate the compute. Command:
-`python -m benchmarks.reproduce run ROW --epochs N --batch-size B`, then `... report`.
+faster recipe on the same networks and objectives. Initialization, the `init` column: {inits}.
+Each run uses one thread on a shared 2-core CPU (niced), so wall times overstate the compute. Command:
+`python -m benchmarks.reproduce run ROW --epochs N --batch-size B --init burda`, then
+`python -m benchmarks.reproduce report --runs-dir DIR [--runs-dir EARLIER ...]`.
 
-{_table(finals, curves)}
+{_table(recipes)}
 
 Active units: dimensions whose posterior mean varies over the test set by more than 0.01 (Burda's
 measure), per stochastic layer. AIS estimates: once a row has its final protocol (`benchmarks/ais.py`, as in `ais.md`); none yet.
-Rows "in training" show the latest point of the time-to-quality curve, not the final protocol.
+Rows "in training" (and "stopped") show the latest point of the time-to-quality curve, not the final protocol.
 
 {HISTORY}
 
@@ -305,7 +359,7 @@ against training wall time and epochs. Time each recipe first reached a level:
 
 {chr(10).join(ttq)}
 
-Per-run files: `reproduce/ROW.curve.csv` (the curve), `ROW.setup.json`, and `ROW.final.json` once the
+Per-run files: `reproduce/RECIPE/ROW.curve.csv` (the curve), `ROW.setup.json`, and `ROW.final.json` once the
 final protocol has run.
 """
     path = out / "reproduce.md"
@@ -326,7 +380,8 @@ def main(argv=None) -> int:
     run.add_argument("--init", choices=["burda", "glorot", "torch"], default="burda",
                      help="burda (the paper's code; default), glorot, or torch (torch's default layers)")
     report = sub.add_parser("report", help="write benchmarks/results/reproduce.md and the plot")
-    report.add_argument("--runs-dir", type=Path, required=True)
+    report.add_argument("--runs-dir", type=Path, action="append", required=True,
+                        help="a recipe's runs folder; repeat for earlier recipes (the first is the current one)")
     args = parser.parse_args(argv)
     if args.command == "run":
         init = None if args.init == "torch" else args.init
