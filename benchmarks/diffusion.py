@@ -44,16 +44,29 @@ LN2 = math.log(2.0)
 
 def train_for(model, guide, data, folder: Path, budget: float, chunk: int, **options) -> dict:
     """Train in chunks of ``chunk`` epochs (each resumed from ``folder``'s checkpoint) until the
-    process's CPU time spent training reaches ``budget`` seconds (CPU time, not wall time: the
-    machine is shared, and CPU time is what each model is given); returns epochs, CPU and wall
-    seconds."""
-    epochs, cpu, wall = 0, 0.0, 0.0
+    CPU time spent training reaches ``budget`` seconds (CPU time, not wall time: the machine is
+    shared, and CPU time is what each model is given); returns epochs, CPU and wall seconds.
+
+    The time spent so far is kept in ``folder/budget.json`` beside the checkpoint, written after
+    every chunk, so a rerun (after a kill, or to score again with another K) continues the same
+    training, or only restores it when its budget is spent, and never starts it over."""
     folder.mkdir(parents=True, exist_ok=True)
+    ledger = folder / "budget.json"
+    spent = json.loads(ledger.read_text()) if ledger.is_file() else {"epochs": 0, "train_seconds": 0.0,
+                                                                      "train_wall_seconds": 0.0}
+    epochs, cpu, wall = spent["epochs"], spent["train_seconds"], spent["train_wall_seconds"]
+    if epochs == 0 and (folder / "checkpoint.safetensors").is_file():
+        raise SystemExit(f"{folder} has a checkpoint but no budget.json: its training time is unknown; "
+                         "write budget.json (epochs, train_seconds, train_wall_seconds) or use a new --runs folder")
+    if cpu >= budget:  # spent: restore the trained pair from its checkpoint
+        pg.fit(model, guide, data, epochs=epochs, checkpoint=folder, resume=True, progress=False, **options)
     while cpu < budget:
-        epochs += chunk
         start, start_wall = time.process_time(), time.perf_counter()
-        pg.fit(model, guide, data, epochs=epochs, checkpoint=folder, resume=epochs > chunk, progress=False, **options)
+        pg.fit(model, guide, data, epochs=epochs + chunk, checkpoint=folder, resume=epochs > 0, progress=False,
+               **options)
+        epochs += chunk
         cpu, wall = cpu + time.process_time() - start, wall + time.perf_counter() - start_wall
+        atomic_write_text(ledger, json.dumps({"epochs": epochs, "train_seconds": cpu, "train_wall_seconds": wall}))
     return {"epochs": epochs, "train_seconds": cpu, "train_wall_seconds": wall}
 
 
