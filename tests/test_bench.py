@@ -227,3 +227,19 @@ def test_blockwise_evaluation_resumes_from_saved_blocks(tmp_path, monkeypatch):
     again, _ = bench.blockwise_log_likelihood(model, guide, x, 30, **options)
     assert calls == [20]  # only the missing block was scored again
     assert torch.equal(again.per_point, first.per_point)
+
+
+def test_a_table_from_other_run_folders_is_never_taken_as_this_grids_results(tmp_path):
+    """A results CSV made elsewhere (a committed table, an earlier runs_dir) beside a new runs
+    folder: every cell trains in the new folder, and the table holds the new numbers only."""
+    config = write_config(tmp_path)
+    first = run_bench(config, progress=False)
+    table = (tmp_path / "results" / "tiny.csv").read_text()
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text(config.read_text().replace("runs/tiny", "runs/other").replace("epochs = 1", "epochs = 3"))
+    (tmp_path / "results" / "tiny.csv").write_text(table)  # the old table is there when the new grid starts
+    second = run_bench(elsewhere, progress=False)
+    cells = sorted((tmp_path / "runs" / "other").glob("digits__*"))
+    assert len(cells) == 2 and all((cell / "params.safetensors").is_file() for cell in cells)  # trained here
+    assert [r["epochs"] for r in first] == ["1", "2"] and [r["epochs"] for r in second] == ["3", "2"]
+    assert second[0]["test_nll"] != first[0]["test_nll"]  # the trace_elbo cell's own 3 epochs, not the old row

@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 RESULT_FILE = "result.json"
+PARAMS_FILE = "params.safetensors"  # a cell's trained pair, saved by pyro_genmod.runs
 _MIGRATED = ".results-from-csv"  # in the runs folder: the old CSV's rows were moved to result files
 
 COLUMNS = [
@@ -164,7 +165,12 @@ def _published(config: BenchConfig, cell: Cell) -> dict:
 
 def _migrate_csv_rows(config: BenchConfig, csv_path: Path) -> None:
     """Once per runs folder: the rows of a CSV written before cells had result files become
-    result files (so finished cells of an old grid stay finished)."""
+    result files (so finished cells of an old grid stay finished).
+
+    Only for cells that ran in this runs folder: a finished row needs its trained parameters in
+    the cell's folder, a failed one the folder itself. A CSV made from other run folders (a
+    committed table, another machine's grid, an earlier ``runs_dir``) is never taken as this
+    grid's results: those cells run."""
     runs = config.runs_folder()
     marker = runs / _MIGRATED
     if marker.exists():
@@ -175,7 +181,9 @@ def _migrate_csv_rows(config: BenchConfig, csv_path: Path) -> None:
         folder = config.cell_folder(cell)
         if row is None or row.get("status") not in ("ok", "failed") or (folder / RESULT_FILE).exists():
             continue
-        folder.mkdir(parents=True, exist_ok=True)
+        ran_here = (folder / PARAMS_FILE).is_file() if row["status"] == "ok" else folder.is_dir()
+        if not ran_here:
+            continue
         try:
             lock = FolderLock(folder, "bench cell").acquire(patience=0)
         except RunFolderError:
