@@ -441,12 +441,14 @@ def cmd_bench(args) -> int:
     from .bench import GridIncomplete, collect, load_config, run_bench
 
     if args.collect:
-        rows = collect(load_config(args.config), args.results_dir)
-        missing = len(load_config(args.config).cells()) - len(rows)
+        config = load_config(args.config)
+        config = config.with_runs_dir(args.runs_dir) if args.runs_dir is not None else config
+        rows = collect(config, args.results_dir)
+        missing = len(config.cells()) - len(rows)
     else:
         try:
             rows = run_bench(
-                args.config, results_dir=args.results_dir, retry_failed=args.retry_failed,
+                args.config, results_dir=args.results_dir, runs_dir=args.runs_dir, retry_failed=args.retry_failed,
                 progress=not args.quiet, only=args.only, data_root=args.data_root, executor=args.executor,
                 jobs=args.jobs, scheduler=args.scheduler, slurm_local=args.slurm_local,
                 slurm_folder=args.slurm_folder,
@@ -687,6 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark grid from a TOML config (resumable)")
     bench.add_argument("config", help="benchmark config, e.g. benchmarks/configs/digits_smoke.toml")
     bench.add_argument("--results-dir", default=None, help="where NAME.csv and NAME.md go (default: from the config)")
+    bench.add_argument("--runs-dir", default=None, metavar="DIR",
+                       help="where the cells' run folders go (default: the config's runs_dir, else runs/NAME)")
     bench.add_argument("--retry-failed", action="store_true", help="run cells recorded as failed again")
     bench.add_argument("--only", default=None, metavar="TEXT", help="run only the cells whose id contains TEXT")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -243,3 +243,14 @@ def test_a_table_from_other_run_folders_is_never_taken_as_this_grids_results(tmp
     assert len(cells) == 2 and all((cell / "params.safetensors").is_file() for cell in cells)  # trained here
     assert [r["epochs"] for r in first] == ["1", "2"] and [r["epochs"] for r in second] == ["3", "2"]
     assert second[0]["test_nll"] != first[0]["test_nll"]  # the trace_elbo cell's own 3 epochs, not the old row
+
+
+def test_runs_dir_on_the_command_line_replaces_the_configs(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main(["bench", str(config), "--quiet", "--only", "trace_elbo", "--runs-dir", str(tmp_path / "mine")]) == 0
+    assert sorted(p.name for p in (tmp_path / "mine").glob("digits__*")) == ["digits__vae__mean_field__trace_elbo-k1__seed0"]
+    assert not (tmp_path / "runs" / "tiny").exists()
+    assert "1 cells ok" in capsys.readouterr().out
+    assert main(["bench", str(config), "--collect", "--runs-dir", str(tmp_path / "mine")]) == 0
+    assert "1 without a result" in capsys.readouterr().out
+    assert [r["cell"] for r in read_csv(tmp_path / "results" / "tiny.csv")] == ["digits/vae/mean_field/trace_elbo-k1/seed0"]

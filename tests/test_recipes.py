@@ -139,6 +139,9 @@ def test_committed_bench_configs_hold_no_machine_paths():
         for name, options in config.get("datasets", {}).items():
             root = options.get("root")
             assert root is None or not Path(root).is_absolute(), f"{path.name}: [datasets.{name}] root = {root!r}"
+        for key in ("runs_dir", "results_dir"):
+            value = config.get(key)
+            assert value is None or not Path(value).is_absolute(), f"{path.name}: {key} = {value!r}"
 
 
 def test_data_root_comes_from_the_command_line_or_the_environment(tmp_path, monkeypatch):

@@ -114,6 +114,10 @@ class BenchConfig:
     def runs_folder(self) -> Path:
         return self.folder("runs_dir", f"runs/{self.name}")
 
+    def with_runs_dir(self, runs_dir: str | Path) -> BenchConfig:
+        """This grid with its run folders under ``runs_dir`` (``genmod bench --runs-dir``)."""
+        return BenchConfig(path=self.path, raw={**self.raw, "runs_dir": str(Path(runs_dir).expanduser().resolve())})
+
     def cell_folder(self, cell: Cell) -> Path:
         """The cell's run folder: its trained run, its evaluation blocks, its ``result.json``."""
         return self.runs_folder() / cell.slug

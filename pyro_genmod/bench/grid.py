@@ -28,15 +28,16 @@ class GridIncomplete(GenmodError):
 
 def run_bench(
     config: str | Path | BenchConfig, *, results_dir: str | Path | None = None,
-    retry_failed: bool = False, progress: bool = True, only: str | None = None,
+    runs_dir: str | Path | None = None, retry_failed: bool = False, progress: bool = True, only: str | None = None,
     data_root: str | Path | None = None, executor: str | None = None, jobs: int | None = None,
     scheduler: str | None = None, slurm_local: bool = False, slurm_folder: str | Path | None = None,
 ) -> list[dict]:
     """Run every cell of a benchmark grid that has no result yet, collect, and return all rows as
     saved (strings).
 
-    Each cell trains into its run folder ``RUNS/<cell>/`` (``runs_dir``, by default
-    ``runs/NAME``; two configs naming the same ``runs_dir`` share trained runs) and writes its
+    Each cell trains into its run folder ``RUNS/<cell>/`` (``runs_dir`` here, else the config's
+    ``runs_dir``, by default ``runs/NAME``; two configs naming the same ``runs_dir`` share
+    trained runs) and writes its
     row to ``RUNS/<cell>/result.json``; :func:`~pyro_genmod.bench.report.collect` then builds
     ``RESULTS/NAME.csv`` and ``RESULTS/NAME.md``. A cell is an idempotent unit of work: it is
     locked while it runs, so workers (and separate ``genmod bench`` processes) never run one
@@ -54,6 +55,8 @@ def run_bench(
     """
     config = config if isinstance(config, BenchConfig) else load_config(config)
     config = BenchConfig(path=Path(config.path).resolve(), raw=config.raw)
+    if runs_dir is not None:
+        config = config.with_runs_dir(runs_dir)
     executor = executor or config.raw.get("executor", "local")
     jobs = jobs or config.raw.get("jobs")
     scheduler = scheduler or config.raw.get("scheduler")
