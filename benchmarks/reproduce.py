@@ -115,6 +115,22 @@ def _git_commit() -> str:
         return os.environ.get("GENMOD_COMMIT", "unknown")
 
 
+def _pair_and_recipe(name: str, setup: dict, data: pg.Dataset) -> tuple:
+    """Row ``name``'s untrained model and guide, and its training options, for a run's ``setup``."""
+    row = ROWS[name]
+    torch.manual_seed(setup["seed"])
+    model = pg.create_model(row["model"], data, **row["model_options"])
+    guide = pg.create_guide(row["guide"], model, **row["guide_options"])
+    recipe = dict(
+        batch_size=setup["batch_size"], lr=1e-3, seed=setup["seed"], objective=row["objective"],
+        num_particles=row["k"], optimizer="adam", optimizer_options={"betas": [0.9, 0.999], "eps": 1e-4},
+        lr_schedule="burda", lr_schedule_options={"epochs": setup["epochs"]}, progress=False,
+    )
+    if setup.get("init") is not None:
+        recipe["init"] = setup["init"]
+    return model, guide, recipe
+
+
 def run_row(
     name: str, runs_dir: Path, data_root, epochs: int, batch_size: int, every: int, seed: int = 0,
     init: str | None = "burda",
@@ -134,16 +150,7 @@ def run_row(
         raise SystemExit(f"{folder} was started with {saved}; this call asks for {setup}")
     atomic_write_text(folder / "setup.json", json.dumps(setup, indent=2))
     data = _load_data(data_root)
-    torch.manual_seed(seed)
-    model = pg.create_model(row["model"], data, **row["model_options"])
-    guide = pg.create_guide(row["guide"], model, **row["guide_options"])
-    recipe = dict(
-        batch_size=batch_size, lr=1e-3, seed=seed, objective=row["objective"], num_particles=row["k"],
-        optimizer="adam", optimizer_options={"betas": [0.9, 0.999], "eps": 1e-4},
-        lr_schedule="burda", lr_schedule_options={"epochs": epochs}, progress=False,
-    )
-    if init is not None:
-        recipe["init"] = init
+    model, guide, recipe = _pair_and_recipe(name, setup, data)
     saver = Checkpointer(folder, every=2000)
     curve_path = folder / "curve.csv"
     curve = list(csv.DictReader(curve_path.open())) if curve_path.is_file() else []
@@ -219,7 +226,7 @@ def _collect(runs_dir: Path, target: Path) -> dict:
         folder = runs_dir / name
         if setups[name] is None:
             continue
-        for file in ("curve.csv", "history.csv", "final.json", "setup.json"):
+        for file in ("curve.csv", "history.csv", "final.json", "setup.json", "ais.json"):
             if (folder / file).is_file():
                 (target / recipe["label"]).mkdir(parents=True, exist_ok=True)
                 atomic_write_text(target / recipe["label"] / f"{name}.{file}", (folder / file).read_text())
@@ -228,15 +235,54 @@ def _collect(runs_dir: Path, target: Path) -> dict:
             recipe["curves"][name] = list(csv.DictReader((folder / "curve.csv").open()))
         final = _read_json(folder / "final.json")
         if final is not None:
-            recipe["finals"][name] = final
+            recipe["finals"][name] = {**final, "ais": _read_json(folder / "ais.json")}
     return recipe
+
+
+AIS_STEP_SIZE = 0.05  # HMC's initial step size, adapted per point (as in benchmarks/ais.py)
+
+
+def ais_row(
+    name: str, runs_dir: Path, data_root, points: int = 1000, steps: int = 1000, chains: int = 2,
+    leapfrog: int = 2, block: int = 100,
+) -> dict:
+    """AIS log p(x) on the first ``points`` test images for a finished row, in resumable blocks,
+    paired with the row's final IS estimate on the same images; saved as ``ais.json``."""
+    folder = runs_dir / name
+    setup, final = _read_json(folder / "setup.json"), _read_json(folder / "final.json")
+    if setup is None or final is None:
+        raise SystemExit(f"{folder} has no finished run (final.json); train and score it first")
+    data = _load_data(data_root)
+    model, guide, recipe = _pair_and_recipe(name, setup, data)
+    pg.fit(model, guide, data, epochs=setup["epochs"], checkpoint=Checkpointer(folder, every=2000), resume=True,
+           **recipe)  # restores the trained pair; nothing left to train
+    x = data.test[:points]
+    ais, seconds = blockwise_log_likelihood(
+        model.eval(), guide.eval(), x, chains, seed=0, block=block, khat_points=0,
+        folder=folder / f"ais-T{steps}-K{chains}-L{leapfrog}-block{block}", method="ais", num_steps=steps,
+        leapfrog_steps=leapfrog, step_size=AIS_STEP_SIZE,
+    )
+    full, _ = blockwise_log_likelihood(  # the final protocol's saved blocks: read, not scored again
+        model, guide, data.test, FINAL_K, seed=0, block=500, khat_points=None, folder=folder / "eval",
+    )
+    is_points = torch.as_tensor(full.per_point[:points])
+    gap = torch.as_tensor(ais.per_point) - is_points
+    khat = torch.as_tensor(full.khat[:points])
+    result = {
+        "row": name, "points": points, "steps": steps, "chains": chains, "leapfrog": leapfrog,
+        "ais_nll": -ais.mean, "ais_nll_stderr": ais.stderr, "is_nll": float(-is_points.mean()),
+        "is_misses": float(gap.mean()), "is_misses_stderr": float(gap.std() / math.sqrt(points)),
+        "khat_above_0.7": float((khat > 0.7).float().mean()), "seconds": seconds, "commit": _git_commit(),
+    }
+    atomic_write_text(folder / "ais.json", json.dumps(result, indent=2))
+    return result
 
 
 def _table(recipes: list[dict]) -> str:
     lines = [
         "| init | layers | objective | k | ours NLL ± s.e. | published | difference | epochs (batch) | train time "
-        "| threads | k-hat > 0.7 | active units |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| threads | k-hat > 0.7 | active units | AIS NLL (IS NLL), same images |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for index, recipe in enumerate(recipes):
         for name, row in ROWS.items():
@@ -250,7 +296,7 @@ def _table(recipes: list[dict]) -> str:
                     f"{diff:+.2f} | {final['epochs']} ({final['batch_size']}) | "
                     f"{final['train_seconds'] / 3600:.1f} h | {final['threads']} | "
                     f"{100 * final['khat_above_0.7']:.1f}% | {'+'.join(map(str, final['active_units']))} "
-                    f"of {'+'.join(map(str, final['latent_dims']))} |"
+                    f"of {'+'.join(map(str, final['latent_dims']))} | {_ais_cell(final['ais'])} |"
                 )
             elif curve:
                 last = curve[-1]
@@ -259,11 +305,18 @@ def _table(recipes: list[dict]) -> str:
                     head + f"| {'in training' if index == 0 else 'stopped'}: {float(last['nll_1k']):.2f} "
                     f"(1,000 test points, K={CURVE_K}) | {row['published']:.2f} | "
                     f"{float(last['nll_1k']) - row['published']:+.2f} | {last['epoch']} of "
-                    f"{recipe['setups'][name]['epochs']}{stopped} | {float(last['train_seconds']) / 3600:.1f} h | 1 | | |"
+                    f"{recipe['setups'][name]['epochs']}{stopped} | {float(last['train_seconds']) / 3600:.1f} h | 1 | | | |"
                 )
             elif index == 0:
-                lines.append(head + f"| not started | {row['published']:.2f} | | | | | | |")
+                lines.append(head + f"| not started | {row['published']:.2f} | | | | | | | |")
     return "\n".join(lines)
+
+
+def _ais_cell(ais: dict | None) -> str:
+    if ais is None:
+        return "not run yet"
+    return (f"{ais['ais_nll']:.2f} ± {ais['ais_nll_stderr']:.2f} ({ais['is_nll']:.2f}) on the first {ais['points']:,}: "
+            f"IS misses {ais['is_misses']:.2f} ± {ais['is_misses_stderr']:.2f}")
 
 
 def _time_to(curve: list[dict], level: float) -> str:
@@ -345,7 +398,10 @@ Each run uses one thread on a shared 2-core CPU (niced), so wall times overstate
 {_table(recipes)}
 
 Active units: dimensions whose posterior mean varies over the test set by more than 0.01 (Burda's
-measure), per stochastic layer. AIS estimates: once a row has its final protocol (`benchmarks/ais.py`, as in `ais.md`); none yet.
+measure), per stochastic layer. AIS: annealed importance sampling from q(z|x) to p(z|x) on the first
+test images (T = 1000 steps, 2 chains, 2 leapfrog steps, HMC step size adapted per point; the settings
+of `ais.md`), beside the final IS estimate on the same images; "IS misses" is AIS log p(x) - IS log p(x),
+paired (AIS is itself a stochastic lower bound). Command: `python -m benchmarks.reproduce ais ROW --runs-dir DIR`.
 Rows "in training" (and "stopped") show the latest point of the time-to-quality curve, not the final protocol.
 
 {HISTORY}
@@ -379,6 +435,14 @@ def main(argv=None) -> int:
     run.add_argument("--eval-every", type=int, default=50, metavar="EPOCHS")
     run.add_argument("--init", choices=["burda", "glorot", "torch"], default="burda",
                      help="burda (the paper's code; default), glorot, or torch (torch's default layers)")
+    ais = sub.add_parser("ais", help="AIS on the first test images of a finished row (resumable)")
+    ais.add_argument("row", choices=sorted(ROWS))
+    ais.add_argument("--runs-dir", type=Path, required=True)
+    ais.add_argument("--data-root", default=os.environ.get("GENMOD_DATA_ROOT") or str(DEFAULT_DATA))
+    ais.add_argument("--points", type=int, default=1000)
+    ais.add_argument("--steps", type=int, default=1000)
+    ais.add_argument("--chains", type=int, default=2)
+    ais.add_argument("--leapfrog", type=int, default=2)
     report = sub.add_parser("report", help="write benchmarks/results/reproduce.md and the plot")
     report.add_argument("--runs-dir", type=Path, action="append", required=True,
                         help="a recipe's runs folder; repeat for earlier recipes (the first is the current one)")
@@ -387,6 +451,10 @@ def main(argv=None) -> int:
         init = None if args.init == "torch" else args.init
         final = run_row(args.row, args.runs_dir, args.data_root, args.epochs, args.batch_size, args.eval_every, init=init)
         print(json.dumps(final, indent=2))
+    elif args.command == "ais":
+        torch.set_num_threads(1)
+        result = ais_row(args.row, args.runs_dir, args.data_root, args.points, args.steps, args.chains, args.leapfrog)
+        print(json.dumps(result, indent=2))
     else:
         print(f"wrote {write_report(args.runs_dir)}")
     return 0
