@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import pyro_genmod as pg
 from benchmarks.perf import hand_scorer, interleaved, machine, vae_pair
 from pyro_genmod.datasets.base import Dataset
+from pyro_genmod.folders import atomic_write_text
 from pyro_genmod.train import _Fit, fit
 
 __all__: list[str] = []
@@ -124,22 +125,23 @@ def pythae_trainer(vae, data, folder: str):
     return trainer
 
 
-def zoo_fit(model, guide, data) -> _Fit:
-    """The object :func:`pyro_genmod.fit` steps with, built with fit's own defaults."""
+def zoo_fit(model, guide, data, **options) -> _Fit:
+    """The object :func:`pyro_genmod.fit` steps with, built with fit's own defaults (and ``options``,
+    e.g. ``compile=True``)."""
     defaults = {
         name: p.default for name, p in inspect.signature(fit).parameters.items()
         if p.kind is p.KEYWORD_ONLY and name in inspect.signature(_Fit.__init__).parameters
     }
-    defaults.update(batch_size=BATCH, seed=0)
+    defaults.update(batch_size=BATCH, seed=0, **options)
     return _Fit(model, guide, data, **defaults)
 
 
 # ---------------------------------------------------------------- timing
 
 
-def summarize(res: dict) -> dict:
-    """Seconds and the ratio ours/pythae, from :func:`benchmarks.perf.interleaved` (baseline pythae)."""
-    ours, theirs = res["ours"], res["pythae"]
+def summarize(res: dict, name: str = "ours") -> dict:
+    """Seconds and the ratio ``name``/pythae, from :func:`benchmarks.perf.interleaved` (baseline pythae)."""
+    ours, theirs = res[name], res["pythae"]
     return {
         "ours_s": ours["wall"]["median_s"], "pythae_s": theirs["wall"]["median_s"],
         "ratio_wall": ours["wall"]["ratio"], "ratio_wall_ci95": ours["wall"]["ratio_ci95"],
@@ -154,6 +156,7 @@ def bench_steps(data, args) -> dict:
     vae = pythae_vae(model, guide)
     x = data.training_batch(data.train[:BATCH], torch.Generator().manual_seed(0))
     ours_fit = zoo_fit(model, guide, data)
+    compiled_fit = zoo_fit(*vae_pair(), data, compile=True)  # fit(compile=True)'s step: compiled loss and gradients
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3)  # pythae's default optimizer
 
     def pythae_step(inputs):
@@ -163,27 +166,32 @@ def bench_steps(data, args) -> dict:
         opt.step()
         return output.loss.item()
 
-    same = {"ours": lambda: _same_batch(ours_fit, x), "pythae": lambda: pythae_step({"data": x})}
+    same = {"ours": lambda: _same_batch(ours_fit, x), "pythae": lambda: pythae_step({"data": x}),
+            "ours_compiled": lambda: _same_batch_compiled(compiled_fit, x)}
+    began = time.perf_counter()
+    _same_batch_compiled(compiled_fit, x)  # compiles
+    out["compile_seconds"] = time.perf_counter() - began
     for fn in same.values():
         for _ in range(5):
             fn()
-    out["step_same_batch"] = summarize(interleaved(same, rounds=args.rounds, block=args.block, baseline="pythae"))
-    print("step on the same batch", out["step_same_batch"], flush=True)
+    res = interleaved(same, rounds=args.rounds, block=args.block, baseline="pythae")
+    out["step_same_batch"], out["step_same_batch_compiled"] = summarize(res), summarize(res, "ours_compiled")
+    print("step on the same batch", out["step_same_batch"], out["step_same_batch_compiled"], flush=True)
 
     with tempfile.TemporaryDirectory() as folder:
         trainer = pythae_trainer(pythae_vae(*vae_pair()), data, folder)
         model2, guide2 = vae_pair()
-        ours_loop = zoo_fit(model2, guide2, data)
-        loaders = {"pythae": iter(()), "ours": iter(())}
+        loops = {"ours": zoo_fit(model2, guide2, data), "ours_compiled": zoo_fit(*vae_pair(), data, compile=True)}
+        loaders = {"pythae": iter(()), "ours": iter(()), "ours_compiled": iter(())}
 
-        def ours_next():
+        def zoo_next(name):
             try:
-                step, index = next(loaders["ours"])
+                step, index = next(loaders[name])
             except StopIteration:
-                ours_loop.order = None
-                loaders["ours"] = ours_loop.batches()
-                step, index = next(loaders["ours"])
-            return ours_loop.step(1, step, index)
+                loops[name].order = None
+                loaders[name] = loops[name].batches()
+                step, index = next(loaders[name])
+            return loops[name].step(1, step, index)
 
         def pythae_next():  # the body of BaseTrainer.train_step's loop
             try:
@@ -196,12 +204,14 @@ def bench_steps(data, args) -> dict:
             trainer._optimizers_step(output)
             return output.loss.item()
 
-        fns = {"ours": ours_next, "pythae": pythae_next}
+        fns = {"ours": lambda: zoo_next("ours"), "pythae": pythae_next, "ours_compiled": lambda: zoo_next("ours_compiled")}
         for fn in fns.values():
             for _ in range(5):
                 fn()
-        out["step_training_loop"] = summarize(interleaved(fns, rounds=args.rounds, block=args.block, baseline="pythae"))
-        print("step in the training loop", out["step_training_loop"], flush=True)
+        res = interleaved(fns, rounds=args.rounds, block=args.block, baseline="pythae")
+        out["step_training_loop"], out["step_training_loop_compiled"] = summarize(res), summarize(res, "ours_compiled")
+        print("step in the training loop", out["step_training_loop"], out["step_training_loop_compiled"], flush=True)
+        out["compiled_in_loop"] = loops["ours_compiled"].compiled is not None  # no fallback to eager happened
     return out
 
 
@@ -212,6 +222,15 @@ def _same_batch(ours_fit: _Fit, x):
     differentiable.backward()
     ours_fit.optimizer.step()
     return float(value)
+
+
+def _same_batch_compiled(compiled_fit: _Fit, x):
+    """``fit(compile=True)``'s step on a fixed batch: the compiled loss and gradients, then Adam."""
+    loss = compiled_fit._compiled_step(x)
+    if loss is None:
+        raise RuntimeError("torch.compile failed on this machine: no compiled step to measure")
+    compiled_fit.optimizer.step()
+    return float(loss.detach())
 
 
 def bench_epoch(data, args) -> dict:
@@ -395,6 +414,9 @@ def write_markdown(result: dict, out: Path) -> None:
         (f"Machine: {m['cpu']}, {m['cpus']} cores, shared with two background training jobs (load average at the "
         f"start {', '.join(f'{v:.1f}' for v in m['load_average'])}); one torch thread; torch {m['torch']}, "
         f"pyro {m['pyro']}, pythae {result['pythae_version']}. Data: {result['data']}."),
+        *([("Sections run separately (`--sections`), each with its own commit and load: " + "; ".join(
+            f"{name} at `{r['commit']}`, {r['utc']} UTC, load {r['load_average'][0]:.1f}"
+            for name, r in result["section_runs"].items()) + ".")] if result.get("section_runs") else []),
         "",
         (f"Networks: encoder 784-400-(2x20) and decoder 20-400-784, tanh, Bernoulli likelihood, in both libraries "
         f"(pythae's `VAE` with a custom `BaseEncoder`/`BaseDecoder` holding our layers, weights copied). Parameters: "
@@ -417,6 +439,15 @@ def write_markdown(result: dict, out: Path) -> None:
         (f"| epoch: at most 0.7x | {e['ratio_wall']:.3f}x ({ci(e['ratio_wall_ci95'])}); {e['ours_s']:.1f} vs {e['pythae_s']:.1f} s "
         f"| {verdict(e['ratio_wall'] <= 0.7)} |"),
     ]
+    for key, text in (("step_same_batch_compiled", "optimizer step on the same batch"),
+                      ("step_training_loop_compiled", "step as the training loop runs it")):
+        if key in s:
+            c = s[key]
+            lines.append(
+                f"| {text}, `fit(compile=True)`: at most 0.7x | {c['ratio_wall']:.3f}x ({ci(c['ratio_wall_ci95'])}); "
+                f"{c['ours_s'] * 1e3:.2f} vs {c['pythae_s'] * 1e3:.2f} ms (compiling took {s['compile_seconds']:.0f} s once) "
+                f"| {verdict(c['ratio_wall'] <= 0.7)} |"
+            )
     for key, row in n.items():
         lines.append(
             f"| NLL throughput at {key}: at least 1.5x pythae's | {row['throughput_ratio']:.2f}x "
@@ -455,6 +486,9 @@ def write_markdown(result: dict, out: Path) -> None:
         "",
         ("- Step on the same batch: ours is the loss, zero_grad, backward and Adam of `fit`'s step object on one "
         "binarized batch of 128; pythae's is `model(inputs)`, zero_grad, backward, Adam (its trainer's default)."),
+        ("- The compiled rows: the same two measures for `fit(..., compile=True)`'s step (loss and gradients under "
+        "`torch.compile`, then the same Adam), in the same interleaved rounds as the eager rows; its one-off compile "
+        "time is not in the per-step time. The epoch is measured eagerly only: each `pg.fit` call compiles again."),
         ("- Step as the training loop runs it: ours `fit`'s step on consecutive minibatches (gather and dynamic "
         "binarization included); pythae the body of `BaseTrainer.train_step` (its DataLoader, forward, optimizer step, "
         "`loss.item()`). pythae has no dynamic binarization: it trains on the training set binarized once."),
@@ -471,11 +505,17 @@ def write_markdown(result: dict, out: Path) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+SECTIONS = {"agreement": bench_agreement, "steps": bench_steps, "epoch": bench_epoch, "nll": bench_nll,
+            "memory": bench_memory}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run; writes nothing")
     parser.add_argument("--data-root", default=DEFAULT_DATA)
     parser.add_argument("--child", nargs=3, metavar=("LIB", "K", "IMAGES"), help=argparse.SUPPRESS)
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="measure only these; the others are kept from the saved peers.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.child:
@@ -503,16 +543,23 @@ def main(argv=None) -> int:
         "params": {"ours": count(model) + count(guide), "pythae": count(pythae_vae(model, guide))},
         "flat_ks": list(args.flat_ks),
     }
-    result["agreement"] = bench_agreement(data, args)
-    result["steps"] = bench_steps(data, args)
-    result["epoch"] = bench_epoch(data, args)
-    result["nll"] = bench_nll(data, args)
-    result["memory"] = bench_memory(data, args)
+    saved_path = ROOT / "peers" / "peers.json"
+    if set(args.sections) != set(SECTIONS):  # a partial rerun: the other sections as they were measured
+        if not saved_path.is_file():
+            parser.error(f"--sections needs the earlier full run's {saved_path} for the other sections")
+        saved = json.loads(saved_path.read_text())
+        runs = saved.pop("section_runs", None) or {name: saved["machine"] for name in SECTIONS}
+        result = {**saved, **{k: v for k, v in result.items() if k != "machine"}, "section_runs": runs}
+    else:
+        result["section_runs"] = {}
+    for name in args.sections:
+        result[name] = SECTIONS[name](data, args)
+        result["section_runs"][name] = {**machine(), "command": result["command"] + " --sections " + name}
     if quick:
         print(json.dumps(result, indent=2, default=str))
         return 0
     (ROOT / "peers").mkdir(parents=True, exist_ok=True)
-    (ROOT / "peers" / "peers.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(saved_path, json.dumps(result, indent=2))
     write_markdown(result, ROOT / "peers.md")
     print(f"wrote {ROOT / 'peers.md'}")
     return 0
