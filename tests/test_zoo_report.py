@@ -1,0 +1,107 @@
+"""benchmarks/zoo.py: sample grids for a grid's trained cells and zoo.md rebuilt from its table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside tests/
+
+from benchmarks import zoo
+from pyro_genmod.bench import load_config, run_bench
+
+CONFIG = """
+name = "tiny_zoo"
+title = "tiny digits zoo"
+notes = "A made-up protocol line."
+results_dir = "{root}/results"
+runs_dir = "{root}/runs/tiny_zoo"
+[grid]
+datasets = ["digits"]
+models = ["vae"]
+guides = ["mean_field"]
+objectives = ["trace_elbo", "iwae:3"]
+seeds = [0]
+[training]
+epochs = 1
+batch_size = 512
+[evaluation]
+num_samples = 20
+max_points = 50
+khat_points = 0
+eval_block = 25
+probe_points = 100
+kl_samples = 2
+[models.vae]
+latent_dim = 3
+hidden = [16]
+[guides.mean_field]
+hidden = [16]
+"""
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    path = root / "tiny_zoo.toml"
+    path.write_text(CONFIG.format(root=root.as_posix()))
+    rows = run_bench(path, progress=False)
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    return root, path
+
+
+def test_grids_write_one_scaled_png_per_trained_cell(grid):
+    root, path = grid
+    out = root / "grids"
+    assert zoo.main(["grids", str(path), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["tiny_zoo__digits__vae__mean_field__iwae-k3__seed0.png",
+                     "tiny_zoo__digits__vae__mean_field__trace_elbo-k1__seed0.png"]
+    # 8 x 8 samples of 8 x 8 pixels with 1-pixel padding (73 pixels), each pixel drawn 3 x 3 (28 // 8)
+    for name in names:
+        with Image.open(out / name) as image:
+            assert image.size == (219, 219)
+            assert np.unique(np.asarray(image.convert("L"))).size > 2  # samples, not a blank page
+
+
+def test_report_rebuilds_its_block_and_keeps_the_rest(grid):
+    root, path = grid
+    out, page = root / "grids", root / "zoo.md"
+    zoo.main(["grids", str(path), "--out", str(out)])
+    samplers = "<!-- samplers.py: begin -->\n## Ex-post samplers\nkept as written\n<!-- samplers.py: end -->"
+    page.write_text(f"# hand-written notes above\n\n{samplers}\n")
+    args = ["report", str(path), "--out", str(out), "--zoo-md", str(page), "--no-samplers"]
+    assert zoo.main(args) == 0
+    first = page.read_text()
+    assert zoo.main(args) == 0  # a second report replaces its block, never appends another
+    text = page.read_text()
+    assert text == first
+    assert text.count(zoo.BEGIN) == 1 and text.count("## tiny digits zoo") == 1
+    assert "# hand-written notes above" in text and samplers in text  # others' sections kept
+    assert "A made-up protocol line." in text
+    config = load_config(path)
+    for cell in config.cells():
+        link = f"[64 samples](grids/{zoo.grid_name(config, cell)})"
+        rows = [line for line in text.splitlines() if line.startswith("| ") and link in line]
+        assert len(rows) == 2, cell  # its row in the summary and in the config's table
+        assert any(f"| {cell.objective_name} | {cell.k} |" in row and "/3 |" in row for row in rows)
+
+
+def test_report_says_when_a_config_has_no_results(tmp_path):
+    path = tmp_path / "tiny_zoo.toml"
+    path.write_text(CONFIG.format(root=tmp_path.as_posix()))
+    page = tmp_path / "zoo.md"
+    assert zoo.main(["report", str(path), "--zoo-md", str(page), "--no-samplers"]) == 0
+    assert "No results yet" in page.read_text()
+
+
+def test_a_bad_config_exits_2_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "bad"\n[grid]\ndatasets = []\n')
+    assert zoo.main(["report", str(path), "--zoo-md", str(tmp_path / "zoo.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zoo.py: error:") and err.count("\n") == 1
