@@ -1,8 +1,9 @@
 """Training checkpoints: one safetensors file, written atomically, read without unpickling.
 
 A checkpoint holds everything a fit needs to continue bit for bit where it stopped: model and
-guide tensors, the optimizer state, the RNG states (torch, numpy, python and the fit's
-data-order generator), the epoch, the step within it, that epoch's data order, the history so
+guide tensors, the optimizer state, the objective's learned state (FactorVAE's discriminator and
+its optimizer), the RNG states (torch, numpy, python and the fit's data-order generator), the
+epoch, the step within it, that epoch's data order, the history so
 far, and a ``spec`` saying how to rebuild the run. Tensors are stored as safetensors; every
 other value lives as JSON in the file's metadata, beside a SHA-256 digest of the tensors and of
 that metadata (its canonical JSON, everything but the digest itself), so a truncated, corrupted
@@ -38,7 +39,9 @@ __all__ = [
     "save_checkpoint",
     "Resumed",
     "load_checkpoint",
+    "load_optimizer_tensors",
     "load_state",
+    "optimizer_tensors",
 ]
 
 CHECKPOINT_VERSION = 2  # 2: the digest covers the metadata too
@@ -199,29 +202,46 @@ def _set_rng_state(ckpt: Checkpoint, generator: torch.Generator) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    """An optimizer's state as tensors named ``N.key`` (parameter index, state name: ``0.exp_avg``)
+    and the rest as JSON: ``{"param_groups": [...], "scalars": {"N.key": value}}``."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, entries in state["state"].items():
         for key, value in entries.items():
             if isinstance(value, Tensor):
-                tensors[f"optim.{index}.{key}"] = value
+                tensors[f"{index}.{key}"] = value
             else:
                 scalars[f"{index}.{key}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _set_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
-    saved = ckpt.meta["optimizer"]
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], saved: dict) -> None:
+    """The inverse of :func:`optimizer_tensors`: load ``tensors`` and ``saved`` into ``optimizer``."""
     state: dict[int, dict] = {}
-    for name, value in (ckpt.group("optim") or {}).items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    for name, value in saved["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
+    for values in (tensors, saved["scalars"]):
+        for name, value in values.items():
+            index, key = name.split(".", 1)
+            state.setdefault(int(index), {})[key] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in saved["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    tensors, meta = optimizer_tensors(optimizer)
+    return _prefixed("optim", tensors), meta
+
+
+def _set_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    load_optimizer_tensors(optimizer, ckpt.group("optim") or {}, ckpt.meta["optimizer"])
+
+
+def _set_objective_state(objective, ckpt: Checkpoint) -> None:
+    """Give ``objective`` its saved state (``objective.*`` tensors; none in an older file)."""
+    try:
+        objective.load_state_tensors(ckpt.group("objective") or {})
+    except GenmodError as error:  # the objective says what is wrong; the file is where
+        raise RunFolderError(f"checkpoint '{ckpt.path}': {error}") from None
 
 
 def load_state(
@@ -289,8 +309,11 @@ class Checkpointer:
 
     def save(self, model, guide, optimizer, generator, progress: dict, *, order: Tensor | None = None,
              last_good: tuple[dict, dict] | None = None, best: tuple[dict, dict] | None = None,
-             ddp=None) -> None:
+             ddp=None, objective=None) -> None:
         """Write the state of a fit; ``progress`` is JSON (epoch, step, history, options...).
+
+        ``objective``'s learned state (:meth:`~pyro_genmod.objectives.Objective.state_tensors`,
+        FactorVAE's discriminator) is stored as ``objective.NAME`` tensors.
 
         Under data parallelism every rank must call this (the ranks' RNG states are gathered);
         only rank 0 writes.
@@ -304,6 +327,8 @@ class Checkpointer:
         tensors.update(optim_tensors)
         tensors.update(rng_tensors)
         tensors.update(rank_states)
+        if objective is not None:
+            tensors.update(_prefixed("objective", objective.state_tensors()))
         if order is not None:
             tensors["order"] = order
         for name, states in (("last_good", last_good), ("best", best)):
@@ -318,8 +343,9 @@ class Checkpointer:
             raise RunFolderError(f"no checkpoint to resume from in '{self.folder}' (expected {CHECKPOINT_FILE})")
         return load_checkpoint(self.path)
 
-    def restore(self, model, guide, optimizer, generator, options: dict, ddp=None) -> Resumed:
-        """Load the checkpoint into the modules, optimizer and RNGs; return where the fit was.
+    def restore(self, model, guide, optimizer, generator, options: dict, ddp=None, objective=None) -> Resumed:
+        """Load the checkpoint into the modules, optimizer and RNGs (and ``objective``'s learned
+        state, if it has any); return where the fit was.
 
         Refuses a checkpoint whose training options (other than ``epochs``) differ from
         ``options``, since continuing under other settings would not be the same run.
@@ -328,7 +354,7 @@ class Checkpointer:
         # a version-1 digest does not cover the metadata, and a digest can be recomputed: type it too
         check_fields(ckpt.meta, _META_FIELDS, f"checkpoint '{self.path}' metadata", RunFolderError, required=_META_REQUIRED)
         try:
-            return self._restore(ckpt, model, guide, optimizer, generator, options, ddp)
+            return self._restore(ckpt, model, guide, optimizer, generator, options, ddp, objective)
         except GenmodError:
             raise
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
@@ -338,7 +364,7 @@ class Checkpointer:
                 f"resume with the run's own settings or start again"
             ) from None
 
-    def _restore(self, ckpt, model, guide, optimizer, generator, options, ddp) -> Resumed:
+    def _restore(self, ckpt, model, guide, optimizer, generator, options, ddp, objective) -> Resumed:
         progress = ckpt.meta["progress"]
         saved = progress.get("options", {})
         for key in sorted(set(saved) | set(options)):
@@ -351,6 +377,8 @@ class Checkpointer:
             load_state(module, ckpt.group(name) or {}, f"checkpoint '{self.path}' does not fit this model and guide ({name})",
                        "resume with the run's own settings or start again")
         _set_optimizer_state(optimizer, ckpt)
+        if objective is not None:  # before the RNGs, in case rebuilding its state draws from them
+            _set_objective_state(objective, ckpt)
         _set_rng_state(ckpt, generator)
         if ddp is not None:
             torch.set_rng_state(ckpt.tensors[f"rng.rank.{ddp.rank}"])

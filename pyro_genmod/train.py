@@ -332,7 +332,8 @@ class _Fit:
         """Continue from the checkpoint: parameters, optimizer, schedule, RNGs, data order, history."""
         if self.saver is None:
             raise ConfigError("resume=True needs checkpoint=<run folder> to resume from")
-        r = self.saver.restore(self.model, self.guide, self.optimizer, self.generator, self.options, self.ddp)
+        r = self.saver.restore(self.model, self.guide, self.optimizer, self.generator, self.options, self.ddp,
+                               objective=self.loss_fn)
         load_schedule_state(self.scheduler, r.schedule)
         self.first_epoch, self.skip, self.order, self.epoch_loss, self.elapsed = r.epoch, r.step, r.order, r.epoch_loss, r.seconds
         self.result.history, self.result.best_epoch = r.history, r.best_epoch
@@ -353,7 +354,7 @@ class _Fit:
         self.saver.save(
             self.model, self.guide, self.optimizer, self.generator, progress,
             order=self.order if mid_epoch else None, last_good=self.last_good if mid_epoch else None,
-            best=self.best[1] if self.early_stopping else None, ddp=self.ddp,
+            best=self.best[1] if self.early_stopping else None, ddp=self.ddp, objective=self.loss_fn,
         )
 
     # --- data order, the step, validation -----------------------------------------------------

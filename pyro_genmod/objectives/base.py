@@ -5,6 +5,11 @@ tensor to differentiate, and the value of the loss (the negative bound summed ov
 For most estimators these coincide; for ``tracegraph_elbo`` the tensor is Pyro's surrogate loss,
 whose gradient is the score-function gradient, and for ``iwae_dreg`` it is a surrogate whose
 guide gradient is the doubly reparameterized one.
+
+An objective that learns state of its own while training (FactorVAE's discriminator and its
+optimizer) exposes it as named tensors, :meth:`Objective.state_tensors`, and takes it back with
+:meth:`Objective.load_state_tensors`; the checkpoint stores them beside the model's, so a
+resumed fit continues bit for bit. The others keep none (the defaults).
 """
 
 from __future__ import annotations
@@ -66,6 +71,18 @@ class Objective:
 
     def __call__(self, model, guide, x: Tensor) -> LossPair:
         raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The state this objective has learned while training, as named tensors (none here)."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Take back what :meth:`state_tensors` returned (before or after the first call)."""
+        if tensors:
+            raise ConfigError(
+                f"objective '{self.name}' keeps no state, but was given {len(tensors)} tensors "
+                f"(such as '{next(iter(tensors))}'); they belong to another objective"
+            )
 
 
 class PyroELBO(Objective):
