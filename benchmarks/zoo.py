@@ -95,7 +95,8 @@ def _link(config: BenchConfig, cell_id: str, out: Path, zoo_md: Path) -> str:
     cell = next((c for c in config.cells() if c.id == cell_id), None)
     if cell is None or not (out / grid_name(config, cell)).is_file():
         return "–"
-    return f"[{NUM_SAMPLES} samples]({(out / grid_name(config, cell)).relative_to(zoo_md.parent).as_posix()})"
+    link = Path(os.path.relpath(out / grid_name(config, cell), zoo_md.parent)).as_posix()
+    return f"[{NUM_SAMPLES} samples]({link})"
 
 
 def _nll(row: dict, key: str) -> str:
