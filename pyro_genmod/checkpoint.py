@@ -36,12 +36,12 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "Checkpoint",
     "Checkpointer",
-    "save_checkpoint",
     "Resumed",
     "load_checkpoint",
     "load_optimizer_tensors",
     "load_state",
     "optimizer_tensors",
+    "save_checkpoint",
 ]
 
 CHECKPOINT_VERSION = 2  # 2: the digest covers the metadata too

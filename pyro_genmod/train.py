@@ -253,6 +253,8 @@ class _Fit:
         self.loss_fn = get_objective(objective, num_particles)
         _check_data(model, data)
 
+        if distributed:
+            self.loss_fn.check_data_parallel()  # before the process group: an objective may refuse
         self.ddp = ddp = DataParallel.current() if distributed else None
         if device is None and ddp is not None and ddp.device.type == "cuda":
             device = ddp.device  # under NCCL each rank trains on its own GPU

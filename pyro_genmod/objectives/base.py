@@ -72,6 +72,9 @@ class Objective:
     def __call__(self, model, guide, x: Tensor) -> LossPair:
         raise NotImplementedError
 
+    def check_data_parallel(self) -> None:
+        """Raise :class:`ConfigError` if this objective cannot train with ``distributed=True``."""
+
     def state_tensors(self) -> dict[str, Tensor]:
         """The state this objective has learned while training, as named tensors (none here)."""
         return {}

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_genmod._registry import register_objective
+from pyro_genmod.checkpoint import load_optimizer_tensors, load_state, optimizer_tensors
 from pyro_genmod.errors import ConfigError
 from pyro_genmod.nn import mlp
 
@@ -42,9 +43,18 @@ class FactorVAE(Objective):
     logits, with a copy of the discriminator's parameters held fixed, and (2) takes one discriminator
     step on the cross-entropy of the draws (detached) against their shuffled copies. The
     training loop's optimizer never sees the discriminator, which is built at the first call
-    for the latents' width. It is not part of the model or guide: it is not checkpointed (a
-    resumed fit starts a new discriminator) nor synchronized across data-parallel ranks.
-    The loss value is the penalized objective summed over the batch.
+    for the latents' width. The loss value is the penalized objective summed over the batch.
+
+    Checkpoints: :meth:`state_tensors` gives the discriminator's parameters
+    (``discriminator.NAME``) and its Adam state (``adam.N.step``, ``adam.N.exp_avg``,
+    ``adam.N.exp_avg_sq``), which ``fit(checkpoint=...)`` stores as ``objective.*`` safetensors;
+    :meth:`load_state_tensors` rebuilds the discriminator for the saved width (drawing no random
+    numbers) before the first call, so a resumed fit continues bit for bit. A checkpoint
+    without them (written before pyro-genmod saved them) is refused rather than resumed with a
+    new discriminator.
+
+    Data parallelism: refused (``distributed=True`` raises :class:`ConfigError`). The
+    discriminator is not synchronized across ranks: each would train its own on its shard.
 
     Pairs: every latent site continuous and reparameterized; the sites are joined into one
     vector.
@@ -72,11 +82,53 @@ class FactorVAE(Objective):
         self.discriminator: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
 
+    def _build(self, width: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.discriminator = mlp(width, self.hidden, 1, "relu").to(device=device, dtype=dtype)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=(0.5, 0.9))
+
     def _discriminator(self, z: Tensor) -> nn.Module:
         if self.discriminator is None or self.discriminator[0].in_features != z.shape[-1]:
-            self.discriminator = mlp(z.shape[-1], self.hidden, 1, "relu").to(device=z.device, dtype=z.dtype)
-            self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=(0.5, 0.9))
+            self._build(z.shape[-1], z.device, z.dtype)
+        elif (weight := self.discriminator[0].weight).device != z.device or weight.dtype != z.dtype:
+            # restored on the CPU: move it, and its Adam state with it (loading casts the state to the parameters)
+            self.discriminator.to(device=z.device, dtype=z.dtype)
+            self.optimizer.load_state_dict(self.optimizer.state_dict())
         return self.discriminator
+
+    def check_data_parallel(self) -> None:
+        raise ConfigError(
+            "objective 'factor_vae' cannot train with distributed=True: its discriminator is not "
+            "synchronized across ranks; train it in one process"
+        )
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The discriminator's parameters and Adam state (empty before the first call)."""
+        if self.discriminator is None:
+            return {}
+        adam, _ = optimizer_tensors(self.optimizer)  # Adam keeps only tensors; its options are this objective's
+        return {**{f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()},
+                **{f"adam.{k}": v for k, v in adam.items()}}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Rebuild the discriminator and its Adam optimizer from :meth:`state_tensors`' output."""
+        groups: dict[str, dict[str, Tensor]] = {"discriminator": {}, "adam": {}}
+        for name, value in tensors.items():
+            group, _, key = name.partition(".")
+            if group not in groups:
+                raise ConfigError(f"objective 'factor_vae' has no state tensor '{name}' (it keeps discriminator.* and adam.*)")
+            groups[group][key] = value
+        first = groups["discriminator"].get("0.weight")
+        if first is None:
+            raise ConfigError(
+                "objective 'factor_vae' was given no discriminator (no discriminator.0.weight), as in a "
+                "checkpoint written before pyro-genmod saved it; start the run again"
+            )
+        device = self.discriminator[0].weight.device if self.discriminator is not None else torch.device("cpu")
+        with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: leave the RNG as it was
+            self._build(first.shape[1], device, first.dtype)
+        load_state(self.discriminator, groups["discriminator"], "objective 'factor_vae'",
+                   "build it with the options it was saved with (hidden=...)")
+        load_optimizer_tensors(self.optimizer, groups["adam"], {"param_groups": self.optimizer.state_dict()["param_groups"], "scalars": {}})
 
     def discriminator_loss(self, z: Tensor) -> Tensor:
         """Cross-entropy of D on the draws ``z`` (n, D), label 1, and their shuffled copies, label 0."""
