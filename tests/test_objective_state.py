@@ -144,3 +144,18 @@ def test_factor_vae_refuses_data_parallel_training(tiny):
     guide = pg.create_guide("mean_field", model, hidden=(16,))
     with pytest.raises(ConfigError, match="factor_vae.*distributed=True.*one process"):
         pg.fit(model, guide, tiny, epochs=1, objective=SPEC, distributed=True, progress=False)
+
+
+def test_a_restored_discriminator_follows_the_draws_dtype_with_its_adam_state():
+    torch.manual_seed(0)
+    objective = get_objective("factor_vae(hidden=[4])")
+    loss = objective.discriminator_loss(torch.randn(8, 2))
+    loss.backward()
+    objective.optimizer.step()
+    reloaded = get_objective("factor_vae(hidden=[4])")
+    reloaded.load_state_tensors(objective.state_tensors())  # built on the CPU in float32
+    z = torch.randn(8, 2, dtype=torch.float64)
+    reloaded.discriminator_loss(z).backward()  # moved, not rebuilt: Adam's moments come along, cast
+    reloaded.optimizer.step()
+    state = reloaded.optimizer.state[reloaded.discriminator[0].weight]
+    assert state["exp_avg"].dtype == torch.float64 and float(state["step"]) == 2
