@@ -327,7 +327,7 @@ class Checkpointer:
         tensors.update(optim_tensors)
         tensors.update(rng_tensors)
         tensors.update(rank_states)
-        if objective is not None:
+        if hasattr(objective, "state_tensors"):  # an Objective; a bare loss function keeps no state
             tensors.update(_prefixed("objective", objective.state_tensors()))
         if order is not None:
             tensors["order"] = order
@@ -377,7 +377,7 @@ class Checkpointer:
             load_state(module, ckpt.group(name) or {}, f"checkpoint '{self.path}' does not fit this model and guide ({name})",
                        "resume with the run's own settings or start again")
         _set_optimizer_state(optimizer, ckpt)
-        if objective is not None:  # before the RNGs, in case rebuilding its state draws from them
+        if hasattr(objective, "load_state_tensors"):  # before the RNGs, in case rebuilding its state draws from them
             _set_objective_state(objective, ckpt)
         _set_rng_state(ckpt, generator)
         if ddp is not None:
