@@ -734,7 +734,11 @@ def _summary(read) -> list[str]:
         finished = protocol["points_done"] == 10000
         rows.append(
             f"| Protocol wall time recorded | {protocol['wall_seconds'] / 60:.1f} min for "
-            f"{protocol['points_done']:,} images | {'**met**' if finished else '**missed** (not run to the end)'} |"
+            f"{protocol['points_done']:,} images, {protocol['machine']['torch_threads']} thread(s)"
+            + (f", {protocol['cpu_seconds'] / 60:.1f} CPU-min (load average about "
+               f"{protocol['blocks'][-1]['load_average'][0]:.0f} on {protocol['machine']['cpus']} cores)"
+               if "cpu_seconds" in protocol else "")
+            + f" | {'**met**' if finished else '**missed** (not run to the end)'} |"
         )
     return rows
 
