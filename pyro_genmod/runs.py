@@ -24,13 +24,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
-from .checkpoint import load_state
 from .checks import check_fields
 from .datasets import Dataset, load_dataset
 from ._registry import dataset_loader
 from .errors import DataError, GenmodError, RunFolderError
 from .factories import create_guide, create_model
 from .programs import is_source, untrusted_source_error
+from .state_io import load_state
 from .folders import (  # noqa: F401  (re-exported: the run-folder API)
     _HASHED,
     _REREAD_SECONDS,

@@ -342,6 +342,10 @@ def test_a_csv_from_before_result_files_keeps_its_rows(tmp_path):
         "objective": "trace_elbo", "k": "1", "seed": "0", "test_nll": "91.5",
     }
     (tmp_path / "results" / "failing.csv").write_text(header + "\n" + ",".join(row[c] for c in COLUMNS) + "\n")
+    # the old grid trained that cell in this runs folder: its parameters are there (a row without
+    # them, from another runs folder, is never taken: tests/test_bench.py)
+    config.cell_folder(cell).mkdir(parents=True)
+    (config.cell_folder(cell) / "params.safetensors").write_bytes(b"")
     rows = collect(config)
     assert [(r["cell"], r["status"], r["test_nll"]) for r in rows] == [(cell.id, "ok", "91.5")]
     assert results(tmp_path)[cell.slug]["test_nll"] == "91.5"  # now a result file: the cell stays done

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_genmod._registry import register_objective
-from pyro_genmod.checkpoint import load_optimizer_tensors, load_state, optimizer_tensors
 from pyro_genmod.errors import ConfigError
 from pyro_genmod.nn import mlp
+from pyro_genmod.state_io import load_optimizer_tensors, load_state, optimizer_tensors
 
 from ._aggregate import scored_draws
 from .base import LossPair, Objective
