@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -21,3 +23,13 @@ def trained_vae(digits):
     guide = pg.create_guide("mean_field", model)
     pg.fit(model, guide, digits, epochs=15, seed=0, progress=False)
     return model, guide
+
+
+@pytest.fixture(scope="session")
+def tiny(digits) -> pg.Dataset:
+    """48 training points (3 steps of 16), 8 validation and 8 test points of 8x8 digits, with labels.
+    Test files that need another subset define their own ``tiny``."""
+    cut = {"train": 48, "val": 8, "test": 8}
+    parts = {split: getattr(digits, split)[:n] for split, n in cut.items()}
+    labels = {f"{s}_labels": getattr(digits, f"{s}_labels")[:n] for s, n in cut.items()}
+    return dataclasses.replace(digits, **parts, **labels)

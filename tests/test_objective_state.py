@@ -3,8 +3,6 @@ a resumed fit is bitwise the uninterrupted one, and the file holds the state as 
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -15,15 +13,6 @@ from pyro_genmod.errors import ConfigError, RunFolderError
 from pyro_genmod.objectives import get_objective
 
 SPEC = "factor_vae(gamma=10, hidden=[8])"
-
-
-@pytest.fixture(scope="module")
-def tiny(digits) -> pg.Dataset:
-    """48 training points (3 steps of 16), 8 validation and 8 test points of 8x8 digits."""
-    cut = {"train": 48, "val": 8, "test": 8}
-    parts = {split: getattr(digits, split)[:n] for split, n in cut.items()}
-    labels = {f"{s}_labels": getattr(digits, f"{s}_labels")[:n] for s, n in cut.items()}
-    return dataclasses.replace(digits, **parts, **labels)
 
 
 def _fit(data, epochs, checkpoint=None, resume=False, objective=SPEC):

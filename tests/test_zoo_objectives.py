@@ -3,7 +3,6 @@ FactorVAE, InfoVAE, WAE-MMD, MIWAE, PIWAE and CIWAE, against their closed forms,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -19,15 +18,6 @@ from pyro_genmod.objectives.factor_vae import permute_dims
 
 NEW = ("beta_tcvae", "factor_vae", "info_vae", "wae_mmd", "miwae", "piwae", "ciwae")
 MMD_BASED = ("info_vae", "wae_mmd")
-
-
-@pytest.fixture(scope="module")
-def tiny(digits) -> pg.Dataset:
-    """48 training points (3 steps of 16), 8 validation and 8 test points of 8x8 digits."""
-    cut = {"train": 48, "val": 8, "test": 8}
-    parts = {split: getattr(digits, split)[:n] for split, n in cut.items()}
-    labels = {f"{s}_labels": getattr(digits, f"{s}_labels")[:n] for s, n in cut.items()}
-    return dataclasses.replace(digits, **parts, **labels)
 
 
 @pytest.fixture(scope="module")
