@@ -254,3 +254,79 @@ def test_runs_dir_on_the_command_line_replaces_the_configs(tmp_path, capsys):
     assert main(["bench", str(config), "--collect", "--runs-dir", str(tmp_path / "mine")]) == 0
     assert "1 without a result" in capsys.readouterr().out
     assert [r["cell"] for r in read_csv(tmp_path / "results" / "tiny.csv")] == ["digits/vae/mean_field/trace_elbo-k1/seed0"]
+
+
+# --- an edited config never reports the runs of other settings ---------------------------------
+
+
+def _results(tmp_path):
+    return {p: p.read_bytes() for p in sorted((tmp_path / "runs" / "tiny").glob("*/result*.json"))}
+
+
+@pytest.mark.parametrize("edit, named", [
+    (("epochs = 1", "epochs = 3"), "training epochs was 1, the config now says 3"),
+    (("latent_dim = 3", "latent_dim = 4"), "model latent_dim was 3, the config now says 4"),
+    (("[guides.mean_field]\nhidden = [16]", "[guides.mean_field]\nhidden = [8]"), "guide hidden was [16]"),
+    (("batch_size = 512", "batch_size = 512\nbeta = 2.0"), "training beta was 1.0, the config now says 2.0"),
+    (('training = {{ epochs = 2 }}', 'training = {{ epochs = 5 }}'), "training epochs was 2, the config now says 5"),
+])
+def test_a_changed_training_setting_is_refused_and_nothing_is_touched(tmp_path, capsys, edit, named):
+    config = write_config(tmp_path)
+    run_bench(config, progress=False)
+    before, table = _results(tmp_path), (tmp_path / "results" / "tiny.csv").read_bytes()
+    config.write_text(config.read_text().replace(*(part.replace("{{", "{").replace("}}", "}") for part in edit)))
+    with pytest.raises(pg.ConfigError, match="was trained with other settings") as error:
+        run_bench(config, progress=False)
+    assert named in str(error.value) and "--runs-dir" in str(error.value)
+    assert _results(tmp_path) == before and (tmp_path / "results" / "tiny.csv").read_bytes() == table
+    assert main(["bench", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and named in err and "Traceback" not in err
+    assert _results(tmp_path) == before
+
+
+def test_settings_written_out_at_their_defaults_are_the_same_settings(tmp_path):
+    config = write_config(tmp_path)
+    first = run_bench(config, progress=False)
+    text = config.read_text().replace("batch_size = 512", "batch_size = 512\nlr = 0.001\nkl_warmup = 0")
+    config.write_text(text.replace("hidden = [16]\n[guides", 'hidden = [16]\nlikelihood = "bernoulli"\n[guides'))
+    assert run_bench(config, progress=False) == first  # nothing changed: skipped, same rows
+
+
+def test_changed_evaluation_settings_rescore_the_trained_runs_and_keep_the_old_results(tmp_path, monkeypatch):
+    config = write_config(tmp_path)
+    first = run_bench(config, progress=False)
+    before = _results(tmp_path)
+    params = {p: p.read_bytes() for p in (tmp_path / "runs" / "tiny").glob("*/params.safetensors")}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a trained cell was trained again")
+
+    monkeypatch.setattr(executor, "fit", no_training)
+    config.write_text(config.read_text().replace("num_samples = 30", "num_samples = 60"))
+    again = run_bench(config, progress=False)
+    assert [r["eval_K"] for r in first] == ["30", "30"] and [r["eval_K"] for r in again] == ["60", "60"]
+    assert [r["epochs"] for r in again] == [r["epochs"] for r in first]
+    kept = {p.parent: b for p, b in _results(tmp_path).items() if p.name != "result.json"}
+    assert sorted(kept.values()) == sorted(before.values())  # the first results, byte for byte, beside the new
+    assert {p: p.read_bytes() for p in params} == params
+    assert run_bench(config, progress=False) == again  # now they match: skipped
+
+
+def test_a_result_written_before_settings_were_recorded_is_compared_on_its_columns(tmp_path):
+    import json
+
+    config = write_config(tmp_path)
+    run_bench(config, progress=False)
+    for path in (tmp_path / "runs" / "tiny").glob("*/result.json"):
+        row = json.loads(path.read_text())
+        del row["evaluation"]  # as results of earlier versions are
+        path.write_text(json.dumps(row))
+    legacy = _results(tmp_path)
+    run_bench(config, progress=False)
+    assert _results(tmp_path) == legacy  # IS K and methods match: kept
+    config.write_text(config.read_text().replace("kl_samples = 4", 'kl_samples = 4\nmethods = ["is", "ais"]\n'
+                                                 "ais_steps = 3\nais_chains = 2\nais_leapfrog = 1\nais_points = 5"))
+    rows = run_bench(config, progress=False)
+    assert [r["ais_points"] for r in rows] == ["5", "5"] and all(float(r["ais_nll"]) > 0 for r in rows)
+    assert len(_results(tmp_path)) == 4  # the legacy results kept beside the new ones

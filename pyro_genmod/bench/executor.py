@@ -29,9 +29,10 @@ from .metrics import (
     kl_per_dimension,
     linear_probe_accuracy,
 )
-from .report import read_result, write_result
+from .report import RESULT_FILE, read_result, write_result
+from .settings import StaleCellsError, evaluation_changes, evaluation_settings, training_changes
 
-__all__ = ["run_cell", "run_cells", "pending_cells"]
+__all__ = ["check_trained_settings", "pending_cells", "run_cell", "run_cells"]
 
 
 def _names_code_of(folder: Path, cell: Cell) -> bool:
@@ -46,8 +47,11 @@ def _names_code_of(folder: Path, cell: Cell) -> bool:
 
 
 def _train_or_resume(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progress: bool):
-    """A trained (model, guide, epochs, seconds): loaded from ``folder`` when a finished run is there."""
+    """A trained (model, guide, epochs, seconds): loaded from ``folder`` when a finished run is there
+    (one trained with other settings than the config's is refused: :class:`StaleCellsError`)."""
     if (folder / "config.json").is_file():
+        if changes := training_changes(config, cell, folder):
+            raise StaleCellsError(folder.parent, {cell.id: changes})
         run = load_run(folder, data=data, trust_code=_names_code_of(folder, cell))
         return run.model, run.guide, run.metrics["epochs"], run.metrics["train_seconds"]
     prepare_run_folder(folder, overwrite=True)
@@ -171,6 +175,7 @@ def _run_one(cell: Cell, config: BenchConfig, data_root, progress: bool) -> dict
     except (GenmodError, RuntimeError, ValueError, TypeError, OSError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         row.update(status="failed", error=f"{type(error).__name__}: {message}")
+    row["evaluation"] = evaluation_settings(config, cell)  # what it was scored with (a rerun compares)
     row["attempt"] = uuid.uuid4().hex  # names this result, so --retry-failed reruns it only once
     row["worker"] = f"{socket.gethostname()}:{os.getpid()}"
     return row
@@ -182,7 +187,10 @@ def run_cells(
 ) -> list[dict]:
     """Claim and run cells of ``config`` (the work of one worker, in any process on any machine
     that sees the runs folder). Returns ``{"cell", "outcome", "error"}`` for each: ``ok`` or
-    ``failed`` (run here), ``skipped`` (it already has a result) or ``busy`` (another worker holds it).
+    ``failed`` (run here), ``skipped`` (it already has a result), ``busy`` (another worker holds it)
+    or ``stale`` (trained with other settings than the config's: left untouched, see
+    :mod:`~pyro_genmod.bench.settings`). A result scored with other ``[evaluation]`` settings is
+    scored again from the trained run; the previous one is kept as ``result-<attempt>.json``.
 
     A cell is claimed by locking its run folder (:class:`~pyro_genmod.folders.FolderLock`); the
     result is written atomically to ``result.json`` before the lock is released. The kernel drops
@@ -206,7 +214,14 @@ def run_cells(
             report.append({"cell": cell_id, "outcome": "busy"})
             continue
         try:
+            if changes := training_changes(config, cell, folder):
+                error = StaleCellsError(folder.parent, {cell_id: changes})
+                report.append({"cell": cell_id, "outcome": "stale", "error": str(error)})
+                continue
             existing = read_result(folder)
+            if existing is not None and existing.get("status") == "ok" and evaluation_changes(config, cell, existing):
+                _keep_previous(folder, existing)
+                existing = None
             if existing is not None and not (
                 existing.get("status") == "failed" and existing.get("attempt") is not None
                 and retry.get(cell_id) == existing.get("attempt")
@@ -223,15 +238,33 @@ def run_cells(
     return report
 
 
+def _keep_previous(folder: Path, row: dict) -> None:
+    """Move a result aside (never overwritten) before its cell is scored again."""
+    name = f"result-{row.get('attempt') or uuid.uuid4().hex}.json"
+    os.replace(folder / RESULT_FILE, folder / name)
+
+
+def check_trained_settings(config: BenchConfig, only: str | None = None) -> None:
+    """Refuse (:class:`StaleCellsError`) a grid whose runs folder holds cells trained with other
+    settings than the config now gives, before anything runs or is rewritten."""
+    stale = {}
+    for cell in config.cells():
+        if (only is None or only in cell.id) and (changes := training_changes(config, cell, config.cell_folder(cell))):
+            stale[cell.id] = changes
+    if stale:
+        raise StaleCellsError(config.runs_folder(), stale)
+
+
 def pending_cells(config: BenchConfig, retry_failed: bool = False, only: str | None = None) -> tuple[list[str], dict]:
-    """The ids of the cells that have no result (or a failed one, with ``retry_failed``), and the
-    failed results' attempts to retry."""
+    """The ids of the cells that have no result (or a failed one, with ``retry_failed``, or one
+    scored with other ``[evaluation]`` settings than the config's), and the failed results'
+    attempts to retry."""
     pending, retry = [], {}
     for cell in config.cells():
         if only is not None and only not in cell.id:
             continue
         result = read_result(config.cell_folder(cell))
-        if result is None:
+        if result is None or (result.get("status") == "ok" and evaluation_changes(config, cell, result)):
             pending.append(cell.id)
         elif retry_failed and result.get("status") != "ok":
             pending.append(cell.id)

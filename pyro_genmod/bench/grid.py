@@ -7,7 +7,7 @@ from pathlib import Path
 from pyro_genmod.errors import GenmodError
 
 from .config import BenchConfig, load_config
-from .executor import pending_cells
+from .executor import check_trained_settings, pending_cells
 from .executors import dispatch
 from .report import collect
 
@@ -42,7 +42,10 @@ def run_bench(
     ``RESULTS/NAME.csv`` and ``RESULTS/NAME.md``. A cell is an idempotent unit of work: it is
     locked while it runs, so workers (and separate ``genmod bench`` processes) never run one
     twice; a killed worker's cell is run again on the next run, and a cell whose training
-    finished is only scored. A cell that raises is recorded as ``failed`` with its error and the
+    finished is only scored. A cell trained with other settings than the config now gives is
+    refused (:class:`~pyro_genmod.bench.settings.StaleCellsError`, before anything runs); one
+    scored with other ``[evaluation]`` settings is scored again, its previous result kept
+    beside it. A cell that raises is recorded as ``failed`` with its error and the
     grid carries on; ``retry_failed`` runs such cells again. ``only`` keeps the cells whose id
     contains it. ``data_root`` is the folder of downloaded datasets (the ``root`` option of every
     dataset that takes one; otherwise ``$GENMOD_DATA_ROOT``), so configs hold no machine's paths.
@@ -60,6 +63,7 @@ def run_bench(
     executor = executor or config.raw.get("executor", "local")
     jobs = jobs or config.raw.get("jobs")
     scheduler = scheduler or config.raw.get("scheduler")
+    check_trained_settings(config, only)  # an edited config never reports another setting's runs
     collect(config, results_dir)  # moves an old grid's CSV rows into result files
     pending, retry = pending_cells(config, retry_failed, only)
     problems = dispatch(
