@@ -136,10 +136,12 @@ def summary(sections: list[tuple[BenchConfig, list[dict]]], out: Path, zoo_md: P
             units = "–" if units in (None, "") else f"{units}/{row.get('latent_dims')}"
             ok = row.get("status") == "ok"
             khat = row.get("khat_mean")
+            bits = row.get("test_bits_per_dim")
+            bits = "" if bits in (None, "") else f" ({float(bits):.3f} bits/dim)"
             lines.append(
                 f"| [`{config.path.stem}`](#{_anchor(config)}) | {row['dataset']} | {row['model']} | {row['guide']} "
                 f"| {row['objective']} | {row['k']} | {row.get('epochs') or '–'} "
-                f"| {_nll(row, 'test_nll') if ok else row.get('status')} | {_nll(row, 'ais_nll')} "
+                f"| {_nll(row, 'test_nll') + bits if ok else row.get('status')} | {_nll(row, 'ais_nll')} "
                 f"| {row.get('eval_K') or '–'} | {'–' if khat in (None, '') else f'{float(khat):.2f}'} | {units} "
                 f"| {_link(config, row['cell'], out, zoo_md)} |"
             )

@@ -78,6 +78,7 @@ def test_grid_end_to_end_on_digits(tmp_path):
         assert set(bench.COLUMNS) == set(row)
         nll, elbo = float(row["test_nll"]), float(row["test_elbo"])
         assert 0 < nll <= -elbo + 1e-4  # the IS bound is never looser than the ELBO on the same draws
+        assert math.isclose(float(row["test_bits_per_dim"]), nll / (64 * math.log(2)), rel_tol=1e-6)  # 8x8 images
         assert row["eval_K"] == "30" and row["eval_points"] == "100" and row["khat_points"] == "50"
         assert 0 <= float(row["khat_above_0.7"]) <= 1 and math.isfinite(float(row["khat_mean"]))
         assert 0 <= int(row["active_units"]) <= int(row["latent_dims"]) == 3
@@ -86,7 +87,7 @@ def test_grid_end_to_end_on_digits(tmp_path):
     assert saved[1]["published_nll"] == "12.34" and saved[0]["published_nll"] == ""
     markdown = (tmp_path / "results" / "tiny.md").read_text()
     assert markdown.startswith("# tiny digits grid")
-    assert "| IS NLL |" in markdown and "| published NLL | published budget |" in markdown
+    assert "| IS NLL | s.e. | IS bits/dim |" in markdown and "| published NLL | published budget |" in markdown
     assert "| 12.34 | test value | ok |" in markdown and "a made-up entry for this test" in markdown
 
 

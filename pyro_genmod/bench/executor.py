@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import uuid
@@ -14,6 +15,7 @@ import torch
 
 from pyro_genmod.datasets import Dataset, load_dataset
 from pyro_genmod.errors import GenmodError, RunFolderError
+from pyro_genmod.estimates import bits_per_dim
 from pyro_genmod.factories import create_guide, create_model
 from pyro_genmod.folders import FolderLock
 from pyro_genmod.runs import load_run, prepare_run_folder, save_run
@@ -130,6 +132,8 @@ def run_cell(cell: Cell, config: BenchConfig, data: Dataset, folder: Path, progr
         "active_units": active_units(means), "latent_dims": means.shape[1],
         **ais_columns(model, proposal, test, ll, opts, folder),  # none unless methods lists "ais"
     }
+    if data.is_image:
+        row["test_bits_per_dim"] = bits_per_dim(summary["log_likelihood"], math.prod(data.shape))
     if not getattr(guide, "is_point_estimate", False):
         row["kl_per_dim"] = kl_per_dimension(model, guide, test, opts["kl_samples"], seed=opts["seed"])
     if labels is not None and data.train_labels is not None:

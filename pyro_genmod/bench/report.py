@@ -41,6 +41,8 @@ COLUMNS = [
     # AIS beside IS, when the config's [evaluation] methods lists "ais"
     "ais_nll", "ais_nll_stderr", "ais_mc_stderr", "ais_steps", "ais_chains", "ais_leapfrog", "ais_points",
     "ais_seconds", "ais_acceptance", "is_minus_ais_nll", "is_minus_ais_nll_khat_above_0.7",
+    # image data: the IS estimate in bits per dimension (-log2 p(x) / pixels)
+    "test_bits_per_dim",
 ]
 _AIS_HEADER = " | AIS NLL | AIS s.e. | AIS MC s.e. | AIS steps | AIS chains | AIS points | AIS s | IS - AIS | IS - AIS, k-hat > 0.7"
 
@@ -84,6 +86,9 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
         "| published NLL | published budget | status |"
     )
     with_ais = any(row.get("ais_nll") not in (None, "") for row in rows)
+    with_bits = any(row.get("test_bits_per_dim") not in (None, "") for row in rows)
+    if with_bits:  # image data: the IS NLL in bits per dimension after its standard error
+        header = header.replace("| IS NLL | s.e. |", "| IS NLL | s.e. | IS bits/dim |")
     if with_ais:  # the AIS columns before the status
         header = header[: -len(" | status |")] + _AIS_HEADER + " | status |"
     lines = [f"# {config.raw.get('title', config.name)}", ""]
@@ -109,7 +114,8 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
         cells = [
             row["dataset"], row["model"], row["guide"], row["objective"], row["k"], row["seed"],
             _fmt(row.get("epochs"), 0), _fmt(row.get("train_seconds"), 1), _fmt(row.get("test_elbo")),
-            _fmt(row.get("test_nll")), _fmt(row.get("test_nll_stderr")), _fmt(row.get("eval_K"), 0),
+            _fmt(row.get("test_nll")), _fmt(row.get("test_nll_stderr")),
+            *([_fmt(row.get("test_bits_per_dim"), 4)] if with_bits else []), _fmt(row.get("eval_K"), 0),
             _fmt(row.get("eval_points"), 0), _fmt(row.get("eval_seconds"), 1), _fmt(row.get("khat_mean")),
             "–" if share in (None, "") else f"{100 * float(share):.1f}%", _fmt(row.get("khat_points"), 0),
             units,
