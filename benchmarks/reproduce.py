@@ -42,7 +42,13 @@ import torch
 
 import pyro_genmod as pg
 from pyro_genmod.bench import active_units, blockwise_log_likelihood
-from pyro_genmod.checkpoint import Checkpointer
+from pyro_genmod.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpointer,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+)
 from pyro_genmod.runs import atomic_write_text
 from pyro_genmod.tasks import encode
 
@@ -213,29 +219,62 @@ INIT_TEXT = {
 }
 
 
-def _collect(runs_dir: Path, target: Path) -> dict:
-    """One recipe's runs: every row's curve, setup and final metrics from ``runs_dir``, copied to
-    ``target/<label>/`` where the label names the recipe's initialization (``burda-init``, ...)."""
-    setups = {name: _read_json(runs_dir / name / "setup.json") for name in ROWS}
+RUN_FILES = ("curve.csv", "history.csv", "final.json", "setup.json", "ais.json")
+PARAMS_FILE = "params.safetensors"  # a finished row's trained model and guide, committed once (small)
+
+
+def _row_file(source: Path, name: str, file: str) -> Path:
+    """Row ``name``'s ``file`` in ``source``: a runs folder (``ROW/FILE``) or a collected one (``ROW.FILE``)."""
+    nested = source / name / file
+    return nested if (source / name).is_dir() else source / f"{name}.{file}"
+
+
+def _label(source: Path) -> str:
+    """A recipe's name: its folder's, without the ``reproduce-`` that the runs folders carry
+    (``~/genmod-runs/reproduce-burda-init`` and ``results/reproduce/burda-init`` are one recipe)."""
+    return source.name.removeprefix("reproduce-")
+
+
+def _export_params(folder: Path, path: Path) -> None:
+    """The trained model and guide of a finished run, from its last checkpoint, without the optimizer."""
+    ckpt = load_checkpoint(folder / CHECKPOINT_FILE)
+    tensors = {k: v for k, v in ckpt.tensors.items() if k.startswith(("model.", "guide."))}
+    save_checkpoint(path, tensors, {"spec": ckpt.meta.get("spec"), "progress": {"epoch": ckpt.meta["progress"]["epoch"]}})
+
+
+def _collect(source: Path, target: Path) -> dict:
+    """One recipe's rows: each row's curve, setup, final metrics (and trained parameters, once) from
+    ``source``, a runs folder or a folder that an earlier report collected. A runs folder's files are
+    copied to ``target/LABEL/ROW.FILE``."""
+    label = _label(source)
+    collected = not any((source / name).is_dir() for name in ROWS)
+    setups = {name: _read_json(_row_file(source, name, "setup.json")) for name in ROWS}
     inits = {(setup or {}).get("init", "torch") for setup in setups.values() if setup is not None}
     if len(inits) > 1:
-        raise SystemExit(f"{runs_dir} mixes runs of different inits {sorted(inits)}; keep one recipe per runs folder")
+        raise SystemExit(f"{source} mixes runs of different inits {sorted(inits)}; keep one recipe per runs folder")
     init = inits.pop() if inits else "torch"
-    recipe = {"label": f"{init}-init", "init": init, "folder": runs_dir, "finals": {}, "curves": {}, "setups": {}}
+    recipe = {"label": label, "init": init, "folder": source, "live": not collected, "finals": {}, "curves": {},
+              "setups": {}}
+    out = target / label
     for name in ROWS:
-        folder = runs_dir / name
         if setups[name] is None:
             continue
-        for file in ("curve.csv", "history.csv", "final.json", "setup.json", "ais.json"):
-            if (folder / file).is_file():
-                (target / recipe["label"]).mkdir(parents=True, exist_ok=True)
-                atomic_write_text(target / recipe["label"] / f"{name}.{file}", (folder / file).read_text())
+        if not collected:
+            for file in RUN_FILES:
+                if (source / name / file).is_file():
+                    out.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(out / f"{name}.{file}", (source / name / file).read_text())
+            params = out / f"{name}.{PARAMS_FILE}"
+            if (source / name / "final.json").is_file() and not params.is_file():
+                _export_params(source / name, params)
         recipe["setups"][name] = setups[name]
-        if (folder / "curve.csv").is_file():
-            recipe["curves"][name] = list(csv.DictReader((folder / "curve.csv").open()))
-        final = _read_json(folder / "final.json")
+        curve = _row_file(source, name, "curve.csv")
+        if curve.is_file():
+            recipe["curves"][name] = list(csv.DictReader(curve.open()))
+        final = _read_json(_row_file(source, name, "final.json"))
         if final is not None:
-            recipe["finals"][name] = {**final, "ais": _read_json(folder / "ais.json")}
+            trained = (source / name / CHECKPOINT_FILE).is_file() or _row_file(source, name, PARAMS_FILE).is_file()
+            recipe["finals"][name] = {**final, "ais": _read_json(_row_file(source, name, "ais.json")), "trained": trained}
     return recipe
 
 
@@ -244,26 +283,43 @@ AIS_STEP_SIZE = 0.05  # HMC's initial step size, adapted per point (as in benchm
 
 def ais_row(
     name: str, runs_dir: Path, data_root, points: int = 1000, steps: int = 1000, chains: int = 2,
-    leapfrog: int = 2, block: int = 100,
+    leapfrog: int = 2, block: int = 100, work_dir: Path | None = None,
 ) -> dict:
     """AIS log p(x) on the first ``points`` test images for a finished row, in resumable blocks,
-    paired with the row's final IS estimate on the same images; saved as ``ais.json``."""
-    folder = runs_dir / name
-    setup, final = _read_json(folder / "setup.json"), _read_json(folder / "final.json")
+    paired with the row's final IS estimate on the same images; saved as ``ais.json``.
+
+    ``runs_dir`` is a runs folder (the trained state comes from the row's checkpoint, the IS estimate
+    from its final protocol's saved blocks) or a collected one (``results/reproduce/LABEL``: the state
+    from ``ROW.params.safetensors``, the IS estimate scored again on those images with the final
+    protocol's K; the blocks go to ``work_dir``, by default ``runs/reproduce-ais/LABEL/ROW``)."""
+    setup, final = (_read_json(_row_file(runs_dir, name, f)) for f in ("setup.json", "final.json"))
     if setup is None or final is None:
-        raise SystemExit(f"{folder} has no finished run (final.json); train and score it first")
+        raise SystemExit(f"{runs_dir} has no finished run of {name} (final.json); train and score it first")
     data = _load_data(data_root)
     model, guide, recipe = _pair_and_recipe(name, setup, data)
-    pg.fit(model, guide, data, epochs=setup["epochs"], checkpoint=Checkpointer(folder, every=2000), resume=True,
-           **recipe)  # restores the trained pair; nothing left to train
     x = data.test[:points]
+    live = (runs_dir / name).is_dir()
+    folder = runs_dir / name if live else Path(work_dir or Path("runs") / "reproduce-ais" / _label(runs_dir) / name)
+    if live:
+        pg.fit(model, guide, data, epochs=setup["epochs"], checkpoint=Checkpointer(folder, every=2000), resume=True,
+               **recipe)  # restores the trained pair; nothing left to train
+    else:
+        params = _row_file(runs_dir, name, PARAMS_FILE)
+        if not params.is_file():
+            raise SystemExit(f"{runs_dir} has no trained parameters of {name} ({params.name}); AIS needs them")
+        ckpt = load_checkpoint(params)
+        for part, module in (("model", model), ("guide", guide)):
+            load_state(module, ckpt.group(part) or {}, f"{params} does not fit {name}'s {part}", "check the row")
     ais, seconds = blockwise_log_likelihood(
         model.eval(), guide.eval(), x, chains, seed=0, block=block, khat_points=0,
         folder=folder / f"ais-T{steps}-K{chains}-L{leapfrog}-block{block}", method="ais", num_steps=steps,
         leapfrog_steps=leapfrog, step_size=AIS_STEP_SIZE,
     )
-    full, _ = blockwise_log_likelihood(  # the final protocol's saved blocks: read, not scored again
-        model, guide, data.test, FINAL_K, seed=0, block=500, khat_points=None, folder=folder / "eval",
+    # the final protocol's saved blocks, read and not scored again; without them, those images scored anew
+    scored = data.test if live else x
+    full, _ = blockwise_log_likelihood(
+        model, guide, scored, FINAL_K, seed=0, block=500, khat_points=None,
+        folder=folder / ("eval" if live else f"eval-first{points}"),
     )
     is_points = torch.as_tensor(full.per_point[:points])
     gap = torch.as_tensor(ais.per_point) - is_points
@@ -273,22 +329,24 @@ def ais_row(
         "ais_nll": -ais.mean, "ais_nll_stderr": ais.stderr, "is_nll": float(-is_points.mean()),
         "is_misses": float(gap.mean()), "is_misses_stderr": float(gap.std() / math.sqrt(points)),
         "khat_above_0.7": float((khat > 0.7).float().mean()), "seconds": seconds, "commit": _git_commit(),
+        "is_scored_again": not live,
     }
-    atomic_write_text(folder / "ais.json", json.dumps(result, indent=2))
+    atomic_write_text(_row_file(runs_dir, name, "ais.json"), json.dumps(result, indent=2))
     return result
 
 
 def _table(recipes: list[dict]) -> str:
     lines = [
-        "| init | layers | objective | k | ours NLL ± s.e. | published | difference | epochs (batch) | train time "
+        "| recipe | init | layers | objective | k | ours NLL ± s.e. | published | difference | epochs (batch) | train time "
         "| threads | k-hat > 0.7 | active units | AIS NLL (IS NLL), same images |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    ran = {name for recipe in recipes for name in {*recipe["finals"], *recipe["curves"]}}
     for index, recipe in enumerate(recipes):
         for name, row in ROWS.items():
             final, curve = recipe["finals"].get(name), recipe["curves"].get(name) or []
             objective = "VAE" if row["objective"] == "trace_elbo" else "IWAE"
-            head = f"| {recipe['init']} | {row['layers']} | {objective} | {row['k']} "
+            head = f"| {recipe['label']} | {recipe['init']} | {row['layers']} | {objective} | {row['k']} "
             if final is not None:
                 diff = final["nll"] - final["published"]
                 lines.append(
@@ -296,25 +354,26 @@ def _table(recipes: list[dict]) -> str:
                     f"{diff:+.2f} | {final['epochs']} ({final['batch_size']}) | "
                     f"{final['train_seconds'] / 3600:.1f} h | {final['threads']} | "
                     f"{100 * final['khat_above_0.7']:.1f}% | {'+'.join(map(str, final['active_units']))} "
-                    f"of {'+'.join(map(str, final['latent_dims']))} | {_ais_cell(final['ais'])} |"
+                    f"of {'+'.join(map(str, final['latent_dims']))} | {_ais_cell(final['ais'], final['trained'])} |"
                 )
             elif curve:
                 last = curve[-1]
-                stopped = "" if index == 0 else ", stopped"
+                live = index == 0 and recipe["live"]  # a collected folder's unfinished row is one that stopped
+                stopped = "" if live else ", stopped"
                 lines.append(
-                    head + f"| {'in training' if index == 0 else 'stopped'}: {float(last['nll_1k']):.2f} "
+                    head + f"| {'in training' if live else 'stopped'}: {float(last['nll_1k']):.2f} "
                     f"(1,000 test points, K={CURVE_K}) | {row['published']:.2f} | "
                     f"{float(last['nll_1k']) - row['published']:+.2f} | {last['epoch']} of "
                     f"{recipe['setups'][name]['epochs']}{stopped} | {float(last['train_seconds']) / 3600:.1f} h | 1 | | | |"
                 )
-            elif index == 0:
+            elif index == 0 and name not in ran:
                 lines.append(head + f"| not started | {row['published']:.2f} | | | | | | | |")
     return "\n".join(lines)
 
 
-def _ais_cell(ais: dict | None) -> str:
+def _ais_cell(ais: dict | None, trained: bool = True) -> str:
     if ais is None:
-        return "not run yet"
+        return "not run yet" if trained else "not run: the trained state was lost with its run folder"
     return (f"{ais['ais_nll']:.2f} ± {ais['ais_nll_stderr']:.2f} ({ais['is_nll']:.2f}) on the first {ais['points']:,}: "
             f"IS misses {ais['is_misses']:.2f} ± {ais['is_misses_stderr']:.2f}")
 
@@ -341,7 +400,7 @@ def _plot(recipes: list[dict], path: Path) -> None:
             epochs = [int(r["epoch"]) for r in curve]
             nll = [float(r["nll_1k"]) for r in curve]
             style = dict(marker=".", color=colours[name], linestyle=styles[index % len(styles)],
-                         label=f"{name}, {recipe['init']} init")
+                         label=f"{name}, {recipe['label']}")
             axes[0].plot(hours, nll, **style)
             axes[1].plot(epochs, nll, **style)
     shown = {name for recipe in recipes for name in recipe["curves"]}
@@ -374,10 +433,11 @@ def write_report(runs_dirs: list[Path], out: Path = RESULTS) -> Path:
     for recipe in recipes:
         for name, curve in recipe["curves"].items():
             setup = recipe["setups"][name]
-            text = (f"{recipe['init']} init, Adam eps 1e-4, burda over {setup.get('epochs')} epochs, "
+            text = (f"{recipe['label']}: {recipe['init']} init, Adam eps 1e-4, burda over {setup.get('epochs')} epochs, "
                     f"batch {setup.get('batch_size')}")
             ttq.append(f"| {name} | {text} | " + " | ".join(_time_to(curve, lv) for lv in levels) + " |")
-    inits = "; ".join(f"**{r['init']}**: {INIT_TEXT[r['init']]}" for r in recipes)
+    inits = "; ".join(f"**{init}**: {INIT_TEXT[init]}" for init in dict.fromkeys(r["init"] for r in recipes))
+    folders = ", ".join(f"`{r['label']}`" for r in recipes)
     text = f"""# Burda et al.'s MNIST Table 1, reproduced
 
 Setting: dynamically binarized MNIST (training pixels redrawn per batch; test set binarized once, seed 2),
@@ -390,10 +450,14 @@ Recipe: Adam (β = 0.9, 0.999, ε = 1e-4), learning rate 1e-3 · 10^(-i/7) over 
 3^i epochs (the `burda` schedule of `pyro_genmod.optim`). The paper trains 3,280 epochs at batch 20 on
 a GPU; each row below states its own epochs and batch size: where they are fewer than the paper's,
 the schedule's eight stages are compressed in proportion (`lr_schedule_options={{"epochs": N}}`), a
-faster recipe on the same networks and objectives. Initialization, the `init` column: {inits}.
+faster recipe on the same networks and objectives. The `recipe` column names the runs' folder under
+`reproduce/` ({folders}); the `init` column their initialization: {inits}.
 Each run uses one thread on a shared 2-core CPU (niced), so wall times overstate the compute. Command:
 `python -m benchmarks.reproduce run ROW --epochs N --batch-size B --init burda`, then
-`python -m benchmarks.reproduce report --runs-dir DIR [--runs-dir EARLIER ...]`.
+`python -m benchmarks.reproduce report --runs-dir DIR [--runs-dir EARLIER ...]` (a runs folder, or a folder
+under `results/reproduce/` that an earlier report collected). A finished row's trained model and guide are
+committed once as `reproduce/RECIPE/ROW.params.safetensors` (no optimizer state; read with
+`pyro_genmod.checkpoint.load_checkpoint`, no unpickling), from which `ais` runs without the run folder.
 
 {_table(recipes)}
 
@@ -443,6 +507,8 @@ def main(argv=None) -> int:
     ais.add_argument("--steps", type=int, default=1000)
     ais.add_argument("--chains", type=int, default=2)
     ais.add_argument("--leapfrog", type=int, default=2)
+    ais.add_argument("--work-dir", type=Path, default=None,
+                     help="for a collected folder: where AIS's resumable blocks go (default runs/reproduce-ais/LABEL/ROW)")
     report = sub.add_parser("report", help="write benchmarks/results/reproduce.md and the plot")
     report.add_argument("--runs-dir", type=Path, action="append", required=True,
                         help="a recipe's runs folder; repeat for earlier recipes (the first is the current one)")
@@ -453,7 +519,8 @@ def main(argv=None) -> int:
         print(json.dumps(final, indent=2))
     elif args.command == "ais":
         torch.set_num_threads(1)
-        result = ais_row(args.row, args.runs_dir, args.data_root, args.points, args.steps, args.chains, args.leapfrog)
+        result = ais_row(args.row, args.runs_dir, args.data_root, args.points, args.steps, args.chains, args.leapfrog,
+                         work_dir=args.work_dir)
         print(json.dumps(result, indent=2))
     else:
         print(f"wrote {write_report(args.runs_dir)}")
