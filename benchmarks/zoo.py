@@ -20,8 +20,11 @@ table (``RESULTS/NAME.csv``). This script does the rest:
 
 ``--runs-root DIR`` reads each config's runs from ``DIR/LAST``, ``LAST`` being the last folder of its
 ``runs_dir`` (``runs/zoo/mnist`` -> ``DIR/mnist``), for runs trained with ``genmod bench --runs-dir``;
-``--results-dir DIR`` reads the tables from there; ``--collect`` first rebuilds each table from the
-runs' result files (``genmod bench CONFIG --collect``). MNIST runs load their data from
+``--results-dir DIR`` reads the tables from there (repeat it to fall back: a config whose table the first
+folder lacks is read from the next); ``--collect`` first rebuilds each table from the runs' result files
+(``genmod bench CONFIG --collect``) in the first folder. The tables behind ``zoo.md`` are committed in
+``results/zoo/tables/`` (run folders are not), so that a rerun of some configs can be reported beside
+the others: ``--results-dir NEW --results-dir benchmarks/results/zoo/tables``. MNIST runs load their data from
 ``$GENMOD_DATA_ROOT`` (or ``--data-root``).
 """
 
@@ -87,8 +90,16 @@ def write_grids(configs: list[BenchConfig], out: Path, seed: int = 0) -> list[Pa
     return written
 
 
+TABLES = RESULTS / GRIDS / "tables"  # the configs' tables as committed: zoo.md can be rebuilt without the runs
+
+
 def _results_folder(config: BenchConfig, results_dir) -> Path:
-    return Path(results_dir) if results_dir is not None else config.folder("results_dir", "results")
+    """Where ``config``'s table is read: ``results_dir`` (a folder, or a list searched in order for the
+    first that holds ``NAME.csv``), else the config's own ``results_dir``."""
+    if results_dir is None:
+        return config.folder("results_dir", "results")
+    folders = [Path(d) for d in ([results_dir] if isinstance(results_dir, (str, Path)) else results_dir)]
+    return next((d for d in folders if (d / f"{config.name}.csv").is_file()), folders[0])
 
 
 def _link(config: BenchConfig, cell_id: str, out: Path, zoo_md: Path) -> str:
@@ -221,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     grids, report = sub.choices["grids"], sub.choices["report"]
     grids.add_argument("--data-root", default=None, metavar="DIR", help="datasets' folder (default: $GENMOD_DATA_ROOT)")
     grids.add_argument("--seed", type=int, default=0)
-    report.add_argument("--results-dir", default=None, metavar="DIR",
-                        help="where the configs' NAME.csv are (default: each config's results_dir)")
+    report.add_argument("--results-dir", default=None, metavar="DIR", action="append",
+                        help="where the configs' NAME.csv are (default: each config's results_dir); repeat it "
+                             "to fall back, e.g. to the committed benchmarks/results/zoo/tables, for a "
+                             "config whose table the first folder lacks")
     report.add_argument("--collect", action="store_true",
                         help="first rebuild each config's table from its runs' result files")
     report.add_argument("--zoo-md", default=None, metavar="FILE", help="the page to write (default: results/zoo.md)")
@@ -239,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         zoo_md = Path(args.zoo_md) if args.zoo_md else RESULTS / "zoo.md"
         if args.collect:
             for config in configs:
-                collect(config, _results_folder(config, args.results_dir))
+                collect(config, _results_folder(config, args.results_dir and args.results_dir[:1]))
         out = Path(args.out).resolve() if args.out else zoo_md.resolve().parent / GRIDS
         text = build_report(configs, args.results_dir, out, zoo_md.resolve(), samplers=not args.no_samplers)
         atomic_write_text(zoo_md, text)

@@ -105,3 +105,15 @@ def test_a_bad_config_exits_2_with_one_line(tmp_path, capsys):
     assert zoo.main(["report", str(path), "--zoo-md", str(tmp_path / "zoo.md")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("zoo.py: error:") and err.count("\n") == 1
+
+
+def test_a_config_missing_from_the_first_results_folder_is_read_from_the_next(grid, tmp_path):
+    root, path = grid
+    page, empty = tmp_path / "zoo.md", tmp_path / "new-runs-results"
+    empty.mkdir()
+    args = ["report", str(path), "--zoo-md", str(page), "--no-samplers", "--out", str(root / "grids")]
+    assert zoo.main([*args, "--results-dir", str(empty)]) == 0
+    assert "No results yet" in page.read_text()
+    assert zoo.main([*args, "--results-dir", str(empty), "--results-dir", str(root / "results")]) == 0
+    text = page.read_text()
+    assert "No results yet" not in text and text.count("| digits | vae | mean_field | iwae | 3 |") == 2
