@@ -52,7 +52,15 @@ NOTES = {  # what the measured table says, checked against the numbers when they
         "dimensions and 1,297 training points the aggregate posterior may already be close to N(0, I), and "
         "the flow and the second VAE, fitted to 1,297 codes, add their own error. Every sampler is far "
         "above the data floor (2.0): decoded means are smoother than real digits, which the classifier's "
-        "features see. Not run yet: MNIST (the setting where pythae reports gains from ex-post samplers)."
+        "features see. On MNIST (below) the ex-post samplers do beat the prior."
+    ),
+    "mnist": (
+        "On MNIST, with 20 latent dimensions, every ex-post sampler beats the prior, as pythae reports: gmm "
+        "cuts the prior's FD (17.7) to 7.8 (9.9 lower, 12 s.e. of the difference), maf to 11.5 (6.2 lower, "
+        "7 s.e.), two_stage to 15.8 (1.9 lower, 2.4 s.e.). A likely reason (not measured here): the prior puts mass where the aggregate posterior "
+        "of a 10-epoch VAE has little (the holes between the classes), and a 10-component mixture fitted to "
+        "59,000 codes follows the posterior's shape best at this budget; the flow (10 epochs) and the second "
+        "VAE (20 epochs) are fitted briefly. The data floor is 5.2: gmm closes about 80% of the prior's gap to it."
     ),
 }
 
