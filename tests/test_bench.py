@@ -89,6 +89,11 @@ def test_grid_end_to_end_on_digits(tmp_path):
     assert markdown.startswith("# tiny digits grid")
     assert "| IS NLL | s.e. | IS bits/dim |" in markdown and "| published NLL | published budget |" in markdown
     assert "| 12.34 | test value | ok |" in markdown and "a made-up entry for this test" in markdown
+    # provenance under the table: this checkout's code and this machine, for both rows
+    from pyro_genmod.bench.provenance import code_version, machine
+
+    assert {r["code"] for r in saved} == {code_version()} and code_version().startswith("pyro-genmod ")
+    assert f"Made with {code_version()} on {machine()} (2 rows)." in markdown
 
 
 def test_finished_cells_are_skipped_and_trained_cells_only_rescored(tmp_path, monkeypatch):
@@ -331,3 +336,17 @@ def test_a_result_written_before_settings_were_recorded_is_compared_on_its_colum
     rows = run_bench(config, progress=False)
     assert [r["ais_points"] for r in rows] == ["5", "5"] and all(float(r["ais_nll"]) > 0 for r in rows)
     assert len(_results(tmp_path)) == 4  # the legacy results kept beside the new ones
+
+
+def test_rows_that_predate_provenance_are_counted_as_unrecorded(tmp_path):
+    import json
+
+    config = write_config(tmp_path)
+    run_bench(config, progress=False)
+    first = sorted((tmp_path / "runs" / "tiny").glob("*/result.json"))[0]
+    row = json.loads(first.read_text())
+    del row["code"], row["machine"]  # as results of earlier versions are
+    first.write_text(json.dumps(row))
+    run_bench(config, progress=False)  # collects; nothing is scored again
+    markdown = (tmp_path / "results" / "tiny.md").read_text()
+    assert "(1 row); not recorded for 1 row made before rows named it." in markdown

@@ -31,6 +31,7 @@ from .metrics import (
     kl_per_dimension,
     linear_probe_accuracy,
 )
+from .provenance import code_version, machine
 from .report import RESULT_FILE, read_result, write_result
 from .settings import StaleCellsError, evaluation_changes, evaluation_settings, training_changes
 
@@ -182,6 +183,7 @@ def _run_one(cell: Cell, config: BenchConfig, data_root, progress: bool) -> dict
     row["evaluation"] = evaluation_settings(config, cell)  # what it was scored with (a rerun compares)
     row["attempt"] = uuid.uuid4().hex  # names this result, so --retry-failed reruns it only once
     row["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+    row["code"], row["machine"] = code_version(), machine()  # named under the table (provenance)
     return row
 
 

@@ -43,6 +43,8 @@ COLUMNS = [
     "ais_seconds", "ais_acceptance", "is_minus_ais_nll", "is_minus_ais_nll_khat_above_0.7",
     # image data: the IS estimate in bits per dimension (-log2 p(x) / pixels)
     "test_bits_per_dim",
+    # provenance: the code (version, git commit) and machine that made the row
+    "code", "machine",
 ]
 _AIS_HEADER = " | AIS NLL | AIS s.e. | AIS MC s.e. | AIS steps | AIS chains | AIS points | AIS s | IS - AIS | IS - AIS, k-hat > 0.7"
 
@@ -131,12 +133,31 @@ def markdown_table(config: BenchConfig, rows: list[dict]) -> str:
             ]
         cells.append(row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error', '')}")
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    made = _provenance(rows)
+    if made:
+        lines += ["", made]
     sources = sorted({row["published_source"] for row in rows if row.get("published_source")})
     if sources:
         lines += ["", "Published numbers: " + "; ".join(sources) + "."]
     return "\n".join(lines) + "\n"
 
 
+
+
+def _provenance(rows: list[dict]) -> str:
+    """"Made with CODE on MACHINE (N rows)", for each code and machine among the rows that record them."""
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row.get("code") or row.get("machine"):
+            key = (row.get("code") or "unrecorded code", row.get("machine") or "an unrecorded machine")
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return ""
+    unrecorded = len(rows) - sum(counts.values())
+    parts = [f"{code} on {where} ({n} row{'s' if n > 1 else ''})" for (code, where), n in counts.items()]
+    if unrecorded:
+        parts.append(f"not recorded for {unrecorded} row{'s' if unrecorded > 1 else ''} made before rows named it")
+    return "Made with " + "; ".join(parts) + "."
 
 
 def read_result(folder: Path) -> dict | None:
