@@ -95,7 +95,8 @@ hidden = [8]
 """
 CELLS = 8
 TIMINGS = {"train_seconds", "eval_seconds"}
-PROVENANCE = {"machine"}  # names the threads of the process that ran the cell, which differ by executor
+PROVENANCE = {"machine", "code"}  # the process that ran the cell: its threads, and which copy of the package
+# it imported (a worker started in a checkout imports that one, with its git commit), which differ by executor
 
 
 def write_config(root: Path) -> Path:
