@@ -90,9 +90,6 @@ def write_grids(configs: list[BenchConfig], out: Path, seed: int = 0) -> list[Pa
     return written
 
 
-TABLES = RESULTS / GRIDS / "tables"  # the configs' tables as committed: zoo.md can be rebuilt without the runs
-
-
 def _results_folder(config: BenchConfig, results_dir) -> Path:
     """Where ``config``'s table is read: ``results_dir`` (a folder, or a list searched in order for the
     first that holds ``NAME.csv``), else the config's own ``results_dir``."""
@@ -252,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         zoo_md = Path(args.zoo_md) if args.zoo_md else RESULTS / "zoo.md"
         if args.collect:
             for config in configs:
-                collect(config, _results_folder(config, args.results_dir and args.results_dir[:1]))
+                collect(config, _results_folder(config, args.results_dir[0] if args.results_dir else None))
         out = Path(args.out).resolve() if args.out else zoo_md.resolve().parent / GRIDS
         text = build_report(configs, args.results_dir, out, zoo_md.resolve(), samplers=not args.no_samplers)
         atomic_write_text(zoo_md, text)
