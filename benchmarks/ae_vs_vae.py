@@ -218,10 +218,10 @@ def write_table(path: Path, rows: list[dict], data, args, reference: float, accu
         )
     lines += [
         "",
-        f"Near real data: the share of decoded images whose distance to the nearest real training "
-        f"image is at most the 95th percentile of that distance for held-out real images (0.95 "
-        f"for real data). Off-manifold images that a linear classifier happens to label "
-        f"confidently fail it, but blurry averages of digits (E[x|z] images are means) pass it.",
+        "Near real data: the share of decoded images whose distance to the nearest real training "
+        "image is at most the 95th percentile of that distance for held-out real images (0.95 "
+        "for real data). Off-manifold images that a linear classifier happens to label "
+        "confidently fail it, but blurry averages of digits (E[x|z] images are means) pass it.",
         "",
         f"{args.samples} random codes per row. The continuity columns come from {args.pairs} random "
         f"test pairs and {args.steps} steps (the same pairs for every model) and do not depend on "

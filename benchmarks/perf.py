@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import pyro_genmod as pg
+from pyro_genmod.bench.provenance import git_commit
 from pyro_genmod.objectives import get_objective
 from pyro_genmod.train import parameters
 
@@ -66,9 +67,7 @@ def machine() -> dict:
             + ["python", "-m", "benchmarks.perf", *sys.argv[1:]]
         ),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-        ).stdout.strip(),
+        "commit": git_commit() or "unknown",
     }
 
 

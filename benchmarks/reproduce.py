@@ -34,13 +34,13 @@ import json
 import math
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 import pyro_genmod as pg
+from pyro_genmod.bench.provenance import git_commit
 from pyro_genmod.bench import active_units, blockwise_log_likelihood
 from pyro_genmod.checkpoint import (
     CHECKPOINT_FILE,
@@ -129,14 +129,6 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("GENMOD_COMMIT", "unknown")
-
-
 def _pair_and_recipe(name: str, setup: dict, data: pg.Dataset) -> tuple:
     """Row ``name``'s untrained model and guide, and its training options, for a run's ``setup``."""
     row = ROWS[name]
@@ -220,7 +212,7 @@ def run_row(
         "khat_nan": int(torch.isnan(khat).sum()), "active_units": units,
         "latent_dims": [math.prod(s.event_shape) for s in model.latent_sites],
         "threads": torch.get_num_threads(), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores", "commit": _git_commit(),
+        f"{os.cpu_count()} cores", "commit": git_commit() or "unknown",
         "recipe": {k: v for k, v in recipe.items() if k != "progress"},
     }
     atomic_write_text(folder / "final.json", json.dumps(final, indent=2))
@@ -344,7 +336,7 @@ def ais_row(
         "row": name, "points": points, "steps": steps, "chains": chains, "leapfrog": leapfrog,
         "ais_nll": -ais.mean, "ais_nll_stderr": ais.stderr, "is_nll": float(-is_points.mean()),
         "is_misses": float(gap.mean()), "is_misses_stderr": float(gap.std() / math.sqrt(points)),
-        "khat_above_0.7": float((khat > 0.7).float().mean()), "seconds": seconds, "commit": _git_commit(),
+        "khat_above_0.7": float((khat > 0.7).float().mean()), "seconds": seconds, "commit": git_commit() or "unknown",
         "is_scored_again": not live,
     }
     atomic_write_text(_row_file(runs_dir, name, "ais.json"), json.dumps(result, indent=2))

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 import torchvision.utils
 
 import pyro_genmod as pg
+from pyro_genmod.bench.provenance import git_commit
 from pyro_genmod.folders import atomic_write, atomic_write_text
 from pyro_genmod.sample_quality import sample_fd, train_classifier
 
@@ -111,8 +111,7 @@ def run(args) -> dict:
         rows.append({"sampler": name, "fd": fds, "fit_seconds": fit_seconds, "grid": png.name,
                      "options": settings["options"].get(name, {})})
         print(name, sum(fds) / len(fds), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
-                            cwd=RESULTS).stdout.strip()
+    commit = git_commit() or "unknown"
     return {
         "dataset": args.dataset, "shape": list(data.shape), "num_samples": n, "repeats": args.repeats,
         "vae": {"latent_dim": settings["latent_dim"], "epochs": epochs, "seconds": vae_seconds},

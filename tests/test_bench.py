@@ -350,3 +350,47 @@ def test_rows_that_predate_provenance_are_counted_as_unrecorded(tmp_path):
     run_bench(config, progress=False)  # collects; nothing is scored again
     markdown = (tmp_path / "results" / "tiny.md").read_text()
     assert "(1 row); not recorded for 1 row made before rows named it." in markdown
+
+
+def test_git_commit_names_the_checkout_the_package_runs_from(tmp_path, monkeypatch):
+    """One git lookup for every results file: the checkout's short commit, ``+modified`` in the code
+    version when the package's files differ, and ``GENMOD_COMMIT`` (or nothing) outside a checkout."""
+    import shutil
+    import subprocess
+
+    from pyro_genmod.bench import provenance
+
+    if shutil.which("git") is None:
+        pytest.fail("git is needed to test the commit lookup")
+
+    def fresh(package):
+        monkeypatch.setattr(provenance, "_PACKAGE", package)
+        provenance.git_commit.cache_clear()
+        provenance.code_version.cache_clear()
+
+    outside = tmp_path / "installed"
+    outside.mkdir()
+    fresh(outside)
+    monkeypatch.delenv("GENMOD_COMMIT", raising=False)
+    assert provenance.git_commit() is None and "@" not in provenance.code_version()
+    monkeypatch.setenv("GENMOD_COMMIT", "abc1234")
+    fresh(outside)
+    assert provenance.git_commit() == "abc1234"
+    monkeypatch.delenv("GENMOD_COMMIT")
+
+    repo = tmp_path / "checkout"
+    package = repo / "pkg"
+    package.mkdir(parents=True)
+    (package / "code.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    fresh(package)
+    assert provenance.git_commit() == head.stdout.strip()
+    assert provenance.code_version().endswith(f"@{head.stdout.strip()}")
+    (package / "code.py").write_text("x = 2\n")
+    fresh(package)
+    assert provenance.code_version().endswith(f"@{head.stdout.strip()}+modified")
+    fresh(provenance.Path(provenance.__file__).resolve().parents[1])  # leave the cache as the package's own

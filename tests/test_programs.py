@@ -11,7 +11,6 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
-from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 import pyro_genmod as pg

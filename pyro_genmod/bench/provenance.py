@@ -15,9 +15,26 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["code_version", "machine"]
+__all__ = ["code_version", "git_commit", "machine"]
 
 _PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *args], cwd=_PACKAGE, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The short commit of the git checkout this package runs from; ``None`` for an installed copy
+    (a pinned run can name its commit with ``GENMOD_COMMIT``)."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return os.environ.get("GENMOD_COMMIT") or None
+    return head.stdout.strip()
 
 
 @functools.cache
@@ -29,19 +46,12 @@ def code_version() -> str:
     except metadata.PackageNotFoundError:
         version = "unknown"
     text = f"pyro-genmod {version}"
-
-    def git(*args: str) -> subprocess.CompletedProcess | None:
-        try:
-            return subprocess.run(["git", *args], cwd=_PACKAGE, capture_output=True, text=True, timeout=10, check=False)
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    head = git("rev-parse", "--short", "HEAD")
-    if head is None or head.returncode != 0 or not head.stdout.strip():
+    commit = git_commit()
+    if commit is None:
         return text  # an installed wheel: no checkout to name
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-    modified = "+modified" if changed is not None and changed.stdout.strip() else ""
-    return f"{text} @{head.stdout.strip()}{modified}"
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    modified = "+modified" if changed is not None and changed.returncode == 0 and changed.stdout.strip() else ""
+    return f"{text} @{commit}{modified}"
 
 
 @functools.cache
