@@ -40,8 +40,9 @@ from pathlib import Path
 import torch
 
 import pyro_genmod as pg
-from pyro_genmod.bench.provenance import git_commit
 from pyro_genmod.bench import active_units, blockwise_log_likelihood
+from pyro_genmod.bench.metrics import block_path
+from pyro_genmod.bench.provenance import git_commit
 from pyro_genmod.checkpoint import (
     CHECKPOINT_FILE,
     Checkpointer,
@@ -52,7 +53,7 @@ from pyro_genmod.checkpoint import (
 from pyro_genmod.runs import atomic_write_text
 from pyro_genmod.tasks import encode
 
-__all__ = ["ROWS", "run_row", "write_report"]
+__all__ = ["ROWS", "ais_row", "run_row", "score_row", "write_report"]
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -107,7 +108,7 @@ was at 87.08 on the proxy at the same epoch 500 and at 86.48 by epoch 750: half 
 Session 8 also started `iwae2_k5` with the 500-epoch recipe at the lowest priority, behind the zoo's
 benchmarks; its latest curve point is in the table (its wall time includes about 40 minutes paused and
 more shared at the lowest priority), and it finishes only if the machine is kept."""
-FINAL_K = 5000
+FINAL_K, FINAL_BLOCK = 5000, 500  # the final protocol: K draws per test image, scored in blocks of points
 
 
 def eval_epochs(total: int, every: int) -> list[int]:
@@ -143,6 +144,21 @@ def _pair_and_recipe(name: str, setup: dict, data: pg.Dataset) -> tuple:
     if setup.get("init") is not None:
         recipe["init"] = setup["init"]
     return model, guide, recipe
+
+
+
+def _final_protocol(model, guide, x, folder: Path, blocks=None):
+    """The final protocol's IS estimate of ``x`` (K = FINAL_K, PSIS k-hat on every point), in resumable
+    blocks under ``folder``; block ``i`` is drawn with seed ``i``, so any process may score any block."""
+    return blockwise_log_likelihood(model, guide, x, FINAL_K, seed=0, block=FINAL_BLOCK, khat_points=None,
+                                    folder=folder, blocks=blocks)
+
+
+def _load_trained(model, guide, path: Path, name: str) -> None:
+    """Row ``name``'s trained model and guide from a checkpoint or a params file (no optimizer needed)."""
+    ckpt = load_checkpoint(path)
+    for part, module in (("model", model), ("guide", guide)):
+        load_state(module, ckpt.group(part) or {}, f"{path} does not fit {name}'s {part}", "check the row")
 
 
 def run_row(
@@ -194,9 +210,7 @@ def run_row(
     if result is None:  # every curve point was done before: restore the trained state
         result = pg.fit(model, guide, data, epochs=epochs, checkpoint=saver, resume=True, **recipe)
     history = result.history
-    ll, eval_seconds = blockwise_log_likelihood(
-        model, guide, data.test, FINAL_K, seed=0, block=500, khat_points=None, folder=folder / "eval",
-    )
+    ll, eval_seconds = _final_protocol(model, guide, data.test, folder / "eval")
     means = encode(guide, data.test).cpu()
     units, start = [], 0
     for site in model.latent_sites:
@@ -315,9 +329,7 @@ def ais_row(
         params = _row_file(runs_dir, name, PARAMS_FILE)
         if not params.is_file():
             raise SystemExit(f"{runs_dir} has no trained parameters of {name} ({params.name}); AIS needs them")
-        ckpt = load_checkpoint(params)
-        for part, module in (("model", model), ("guide", guide)):
-            load_state(module, ckpt.group(part) or {}, f"{params} does not fit {name}'s {part}", "check the row")
+        _load_trained(model, guide, params, name)
     ais, seconds = blockwise_log_likelihood(
         model.eval(), guide.eval(), x, chains, seed=0, block=block, khat_points=0,
         folder=folder / f"ais-T{steps}-K{chains}-L{leapfrog}-block{block}", method="ais", num_steps=steps,
@@ -325,10 +337,7 @@ def ais_row(
     )
     # the final protocol's saved blocks, read and not scored again; without them, those images scored anew
     scored = data.test if live else x
-    full, _ = blockwise_log_likelihood(
-        model, guide, scored, FINAL_K, seed=0, block=500, khat_points=None,
-        folder=folder / ("eval" if live else f"eval-first{points}"),
-    )
+    full, _ = _final_protocol(model, guide, scored, folder / ("eval" if live else f"eval-first{points}"))
     is_points = torch.as_tensor(full.per_point[:points])
     gap = torch.as_tensor(ais.per_point) - is_points
     khat = torch.as_tensor(full.khat[:points])
@@ -341,6 +350,36 @@ def ais_row(
     }
     atomic_write_text(_row_file(runs_dir, name, "ais.json"), json.dumps(result, indent=2))
     return result
+
+
+def score_row(name: str, runs_dir: Path, data_root, from_end: bool = True) -> int:
+    """Score the final protocol's blocks of a row whose training has finished, beside the run's own
+    scoring: another process (on a free core, or another machine sharing the folder) takes the
+    blocks from the last one back (``from_end``), skipping those already saved, while the run goes
+    from the first; each block has its own seed, so the numbers are the same whoever scores it, and
+    the run reads the blocks it finds. Returns how many blocks this call scored."""
+    folder = runs_dir / name
+    setup = _read_json(folder / "setup.json")
+    checkpoint = folder / CHECKPOINT_FILE
+    if setup is None or not checkpoint.is_file():
+        raise SystemExit(f"{folder} holds no run of {name} (setup.json and {CHECKPOINT_FILE}); start it with `run`")
+    progress = load_checkpoint(checkpoint).meta.get("progress", {})
+    if progress.get("epoch", 0) <= setup["epochs"] or progress.get("step", 0) != 0:
+        raise SystemExit(f"{name} in {runs_dir} has trained {progress.get('epoch', 1) - 1} of {setup['epochs']} "
+                         "epochs; score it once its training has finished")
+    data = _load_data(data_root)
+    model, guide, _ = _pair_and_recipe(name, setup, data)
+    _load_trained(model, guide, checkpoint, name)
+    starts = range(0, data.test.shape[0], FINAL_BLOCK)
+    scored = 0
+    for i in reversed(range(len(starts))) if from_end else range(len(starts)):
+        stop = min(starts[i] + FINAL_BLOCK, data.test.shape[0])
+        if block_path(folder / "eval", starts[i], stop).is_file():
+            continue
+        _final_protocol(model, guide, data.test, folder / "eval", blocks=[i])
+        scored += 1
+        print(f"{name}: scored block {i + 1} of {len(starts)}", flush=True)
+    return scored
 
 
 def _table(recipes: list[dict]) -> str:
@@ -517,6 +556,11 @@ def main(argv=None) -> int:
     ais.add_argument("--leapfrog", type=int, default=2)
     ais.add_argument("--work-dir", type=Path, default=None,
                      help="for a collected folder: where AIS's resumable blocks go (default runs/reproduce-ais/LABEL/ROW)")
+    score = sub.add_parser("score", help="score a trained row's final blocks beside its run, from the last back")
+    score.add_argument("row", choices=sorted(ROWS))
+    score.add_argument("--runs-dir", type=Path, required=True)
+    score.add_argument("--data-root", default=os.environ.get("GENMOD_DATA_ROOT") or str(DEFAULT_DATA))
+    score.add_argument("--from-start", action="store_true", help="take the blocks in order (default: from the end)")
     report = sub.add_parser("report", help="write benchmarks/results/reproduce.md and the plot")
     report.add_argument("--runs-dir", type=Path, action="append", required=True,
                         help="a recipe's runs folder; repeat for earlier recipes (the first is the current one)")
@@ -530,6 +574,9 @@ def main(argv=None) -> int:
         result = ais_row(args.row, args.runs_dir, args.data_root, args.points, args.steps, args.chains, args.leapfrog,
                          work_dir=args.work_dir)
         print(json.dumps(result, indent=2))
+    elif args.command == "score":
+        torch.set_num_threads(1)
+        print(f"scored {score_row(args.row, args.runs_dir, args.data_root, not args.from_start)} blocks")
     else:
         print(f"wrote {write_report(args.runs_dir)}")
     return 0

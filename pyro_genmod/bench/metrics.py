@@ -19,7 +19,7 @@ from pyro_genmod.errors import ConfigError, DataError
 from pyro_genmod.importance import LogLikelihood, log_likelihood
 from pyro_genmod.seeding import seeded
 
-__all__ = ["active_units", "ais_columns", "blockwise_log_likelihood", "kl_per_dimension", "linear_probe_accuracy"]
+__all__ = ["active_units", "ais_columns", "block_path", "blockwise_log_likelihood", "kl_per_dimension", "linear_probe_accuracy"]
 
 
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
@@ -93,6 +93,11 @@ def _read_block(path: Path, keys: tuple[str, ...]) -> dict | None:
         return None
 
 
+def block_path(folder: Path, start: int, stop: int) -> Path:
+    """Where :func:`blockwise_log_likelihood` saves the scores of points ``start:stop``."""
+    return folder / f"points-{start:06d}-{stop:06d}.npz"
+
+
 def blockwise_log_likelihood(
     model, proposal, x: torch.Tensor, num_samples: int, *, seed: int, block: int,
     khat_points: int | None, folder: Path, method: str = "is", blocks=None, **ais_options,
@@ -117,7 +122,7 @@ def blockwise_log_likelihood(
         if blocks is not None and i not in blocks:
             continue
         stop = min(start + block, x.shape[0])
-        path = folder / f"points-{start:06d}-{stop:06d}.npz"
+        path = block_path(folder, start, stop)
         saved = _read_block(path, ("per_point", "elbo", "khat", "seconds", *extra))
         if saved is None:  # not scored yet, or cut short (a crash, a full disk): score it again
             began = time.perf_counter()
