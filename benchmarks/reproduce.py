@@ -19,6 +19,9 @@ with K = 5000 in resumable blocks, with PSIS k-hat, and counts active units.
     python -m benchmarks.reproduce run vae1_k1 --runs-dir ~/genmod-runs/reproduce-burda-init   # resumable
     python -m benchmarks.reproduce report --runs-dir ~/genmod-runs/reproduce-burda-init \\
         --runs-dir ~/genmod-runs/reproduce-torch-init   # the current recipe first, then earlier ones
+    python -m benchmarks.reproduce score vae1_k1 --runs-dir ~/genmod-runs/reproduce-burda-init  # optional:
+        # a second process (a free core) scores the final blocks from the last back while the run scores
+        # from the first; training must have finished
 
 ``report`` copies each run's curve, setup and metrics to ``benchmarks/results/reproduce/RECIPE/`` and
 writes ``benchmarks/results/reproduce.md`` and ``reproduce_time_to_quality.png``. The MNIST files
@@ -505,6 +508,9 @@ Each run uses one thread on a shared 2-core CPU (niced), so wall times overstate
 under `results/reproduce/` that an earlier report collected). A finished row's trained model and guide are
 committed once as `reproduce/RECIPE/ROW.params.safetensors` (no optimizer state; read with
 `pyro_genmod.checkpoint.load_checkpoint`, no unpickling), from which `ais` runs without the run folder.
+The final protocol scores blocks of 500 test images, each with its own seed: once a row's training has
+finished, `python -m benchmarks.reproduce score ROW --runs-dir DIR` in a second process scores the blocks
+from the last back while the run scores from the first, with the same numbers whoever scores a block.
 
 {_table(recipes)}
 
