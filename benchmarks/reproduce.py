@@ -110,7 +110,15 @@ was at 87.08 on the proxy at the same epoch 500 and at 86.48 by epoch 750: half 
 1 nat here, and the compressed schedule by itself 0.4 at equal epochs.
 Session 8 also started `iwae2_k5` with the 500-epoch recipe at the lowest priority, behind the zoo's
 benchmarks; its latest curve point is in the table (its wall time includes about 40 minutes paused and
-more shared at the lowest priority), and it finishes only if the machine is kept."""
+more shared at the lowest priority), and it finishes only if the machine is kept.
+The machine was kept for session 9 (the run folders survived; the processes had stopped with the
+session), which resumed `iwae2_k5` from its epoch-72 checkpoint: 86.16 ± 0.23 nats after 500 epochs
+(published 83.89: +2.27; 85.43 on the curve's proxy at epoch 500), 100 + 15 active units. Its 4.1 h of
+training is wall time at 21-22 s per epoch on one thread of the shared machine, plus the pause of session 8.
+Session 9 also resumed a deterministic retrain of `burda-init`'s `vae2_k1` (same recipe, seed and code;
+its curve repeats the lost run's to the printed digits: 124.75, 115.90, 109.07, 103.05 at epochs 1, 2, 4,
+8), started in session 8 only to recover trained parameters for that row's AIS; it is at epoch 131 of
+1,000 and is not in the table until it finishes."""
 FINAL_K, FINAL_BLOCK = 5000, 500  # the final protocol: K draws per test image, scored in blocks of points
 
 
