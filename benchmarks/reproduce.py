@@ -117,8 +117,8 @@ session), which resumed `iwae2_k5` from its epoch-72 checkpoint: 86.16 ± 0.23 n
 training is wall time at 21-22 s per epoch on one thread of the shared machine, plus the pause of session 8.
 Session 9 also resumed a deterministic retrain of `burda-init`'s `vae2_k1` (same recipe, seed and code;
 its curve repeats the lost run's to the printed digits: 124.75, 115.90, 109.07, 103.05 at epochs 1, 2, 4,
-8), started in session 8 only to recover trained parameters for that row's AIS; it is at epoch 131 of
-1,000 and is not in the table until it finishes."""
+8), started in session 8 only to recover trained parameters for that row's AIS; it had reached epoch 263 of
+1,000 by the end of session 9 and is not in the table until it finishes."""
 FINAL_K, FINAL_BLOCK = 5000, 500  # the final protocol: K draws per test image, scored in blocks of points
 
 
@@ -157,7 +157,6 @@ def _pair_and_recipe(name: str, setup: dict, data: pg.Dataset) -> tuple:
     return model, guide, recipe
 
 
-
 def _final_protocol(model, guide, x, folder: Path, blocks=None):
     """The final protocol's IS estimate of ``x`` (K = FINAL_K, PSIS k-hat on every point), in resumable
     blocks under ``folder``; block ``i`` is drawn with seed ``i``, so any process may score any block."""
@@ -165,9 +164,10 @@ def _final_protocol(model, guide, x, folder: Path, blocks=None):
                                     folder=folder, blocks=blocks)
 
 
-def _load_trained(model, guide, path: Path, name: str) -> None:
-    """Row ``name``'s trained model and guide from a checkpoint or a params file (no optimizer needed)."""
-    ckpt = load_checkpoint(path)
+def _load_trained(model, guide, path: Path, name: str, ckpt=None) -> None:
+    """Row ``name``'s trained model and guide from a checkpoint or a params file at ``path`` (no optimizer
+    needed); ``ckpt``: that file, if the caller has already loaded it."""
+    ckpt = ckpt or load_checkpoint(path)
     for part, module in (("model", model), ("guide", guide)):
         load_state(module, ckpt.group(part) or {}, f"{path} does not fit {name}'s {part}", "check the row")
 
@@ -374,13 +374,14 @@ def score_row(name: str, runs_dir: Path, data_root, from_end: bool = True) -> in
     checkpoint = folder / CHECKPOINT_FILE
     if setup is None or not checkpoint.is_file():
         raise SystemExit(f"{folder} holds no run of {name} (setup.json and {CHECKPOINT_FILE}); start it with `run`")
-    progress = load_checkpoint(checkpoint).meta.get("progress", {})
+    state = load_checkpoint(checkpoint)
+    progress = state.meta.get("progress", {})
     if progress.get("epoch", 0) <= setup["epochs"] or progress.get("step", 0) != 0:
         raise SystemExit(f"{name} in {runs_dir} has trained {progress.get('epoch', 1) - 1} of {setup['epochs']} "
                          "epochs; score it once its training has finished")
     data = _load_data(data_root)
     model, guide, _ = _pair_and_recipe(name, setup, data)
-    _load_trained(model, guide, checkpoint, name)
+    _load_trained(model, guide, checkpoint, name, state)
     starts = range(0, data.test.shape[0], FINAL_BLOCK)
     scored = 0
     for i in reversed(range(len(starts))) if from_end else range(len(starts)):
