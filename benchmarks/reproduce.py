@@ -44,7 +44,7 @@ import torch
 
 import pyro_genmod as pg
 from pyro_genmod.bench import active_units, blockwise_log_likelihood
-from pyro_genmod.bench.metrics import block_path
+from pyro_genmod.bench.metrics import block_saved
 from pyro_genmod.bench.provenance import git_commit
 from pyro_genmod.checkpoint import (
     CHECKPOINT_FILE,
@@ -386,7 +386,7 @@ def score_row(name: str, runs_dir: Path, data_root, from_end: bool = True) -> in
     scored = 0
     for i in reversed(range(len(starts))) if from_end else range(len(starts)):
         stop = min(starts[i] + FINAL_BLOCK, data.test.shape[0])
-        if block_path(folder / "eval", starts[i], stop).is_file():
+        if block_saved(folder / "eval", starts[i], stop):  # a file cut short is scored again
             continue
         _final_protocol(model, guide, data.test, folder / "eval", blocks=[i])
         scored += 1

@@ -46,6 +46,11 @@ def test_score_takes_the_blocks_from_the_end_and_matches_the_run(small_protocol)
     for name in by_run:
         assert np.array_equal(shared[name], by_run[name])  # the same numbers, whoever scored the block
     assert reproduce.score_row("vae1_k1", runs, root) == 0  # nothing left to score
+    cut = block_path(eval_folder, 0, 500)
+    cut.write_bytes(cut.read_bytes()[:100])  # a block file cut short (written by something other than the run)
+    with pytest.warns(RuntimeWarning, match="is unreadable"):
+        assert reproduce.score_row("vae1_k1", runs, root) == 1  # scored again, not skipped
+    assert np.array_equal(_blocks(eval_folder)["points-000000-000500.npz"], by_run["points-000000-000500.npz"])
 
 
 def test_score_refuses_a_row_still_training(small_protocol):

@@ -19,7 +19,7 @@ from pyro_genmod.errors import ConfigError, DataError
 from pyro_genmod.importance import LogLikelihood, log_likelihood
 from pyro_genmod.seeding import seeded
 
-__all__ = ["active_units", "ais_columns", "block_path", "blockwise_log_likelihood", "kl_per_dimension", "linear_probe_accuracy"]
+__all__ = ["active_units", "ais_columns", "block_path", "block_saved", "blockwise_log_likelihood", "kl_per_dimension", "linear_probe_accuracy"]
 
 
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
@@ -98,6 +98,17 @@ def block_path(folder: Path, start: int, stop: int) -> Path:
     return folder / f"points-{start:06d}-{stop:06d}.npz"
 
 
+def block_saved(folder: Path, start: int, stop: int, method: str = "is") -> bool:
+    """Whether :func:`blockwise_log_likelihood` has saved the scores of points ``start:stop`` whole;
+    a file it cannot read (truncated, corrupted) counts as not saved, and is scored again."""
+    return _read_block(block_path(folder, start, stop), _block_keys(method)) is not None
+
+
+def _block_keys(method: str) -> tuple[str, ...]:
+    """The arrays a saved block holds: the estimate's, and with AIS each point's Monte Carlo error and acceptance."""
+    return ("per_point", "elbo", "khat", "seconds", *(("mc_stderr", "acceptance") if method == "ais" else ()))
+
+
 def blockwise_log_likelihood(
     model, proposal, x: torch.Tensor, num_samples: int, *, seed: int, block: int,
     khat_points: int | None, folder: Path, method: str = "is", blocks=None, **ais_options,
@@ -116,14 +127,14 @@ def blockwise_log_likelihood(
     if not isinstance(block, int) or block < 1:
         raise ConfigError(f"eval_block must be a positive integer, got {block!r}")
     folder.mkdir(parents=True, exist_ok=True)
-    extra = ("mc_stderr", "acceptance") if method == "ais" else ()
+    keys = _block_keys(method)
     parts, seconds = [], 0.0
     for i, start in enumerate(range(0, x.shape[0], block)):
         if blocks is not None and i not in blocks:
             continue
         stop = min(start + block, x.shape[0])
         path = block_path(folder, start, stop)
-        saved = _read_block(path, ("per_point", "elbo", "khat", "seconds", *extra))
+        saved = _read_block(path, keys)
         if saved is None:  # not scored yet, or cut short (a crash, a full disk): score it again
             began = time.perf_counter()
             with_khat = khat_points is None or start < khat_points
@@ -131,12 +142,12 @@ def blockwise_log_likelihood(
                                 method=method, **ais_options)
             arrays = {"per_point": ll.per_point.numpy(), "elbo": ll.elbo.numpy(), "khat": ll.khat,
                       "seconds": np.array(time.perf_counter() - began)}
-            arrays.update({key: getattr(ll, key).numpy() for key in extra})
+            arrays.update({key: getattr(ll, key).numpy() for key in keys if key not in arrays})  # AIS: its extras
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # one per writer
             np.savez(tmp, **arrays)
             tmp.replace(path)
             saved = arrays
-        parts.append({key: saved[key] for key in ("per_point", "elbo", "khat", *extra)})
+        parts.append({key: saved[key] for key in keys if key != "seconds"})
         seconds += float(saved["seconds"])
     joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     common = {"per_point": torch.from_numpy(joined["per_point"]), "elbo": torch.from_numpy(joined["elbo"]),
