@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pyro_genmod.ais import bdmc
-from pyro_genmod.bench.provenance import git_commit
+from pyro_genmod.bench.provenance import commit_label
 from pyro_genmod.bench.metrics import blockwise_log_likelihood
 from pyro_genmod.folders import atomic_write_text
 from pyro_genmod.runs import load_run
@@ -163,7 +163,7 @@ def _f(value, digits: int = 2) -> str:
 
 def report(args) -> Path:
     rows = [row for cell in sorted(Path(args.runs).iterdir()) if cell.is_dir() and (row := summarize(cell, args))]
-    commit = git_commit() or "unknown"
+    commit = commit_label()
     settings = f"T = {args.steps} steps, {args.chains} chains per point, {args.leapfrog} leapfrog steps"
     lines = [
         "# AIS against IS on MNIST: how many nats plain importance sampling misses",

@@ -32,7 +32,7 @@ import torch
 import torchvision.utils
 
 import pyro_genmod as pg
-from pyro_genmod.bench.provenance import git_commit
+from pyro_genmod.bench.provenance import commit_label
 from pyro_genmod.folders import atomic_write, atomic_write_text
 from pyro_genmod.train import evaluate_elbo
 
@@ -99,7 +99,7 @@ def write_grid(model, path: Path, seed: int, count: int = 64) -> None:
 
 def run(args) -> None:
     torch.set_num_threads(args.threads)
-    commit = git_commit() or "unknown"  # when the run starts
+    commit = commit_label()  # when the run starts
     root = Path(args.runs).expanduser() / args.dataset
     root.mkdir(parents=True, exist_ok=True)
     if args.dataset == "mnist":

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import pyro_genmod as pg
-from pyro_genmod.bench.provenance import git_commit
+from pyro_genmod.bench.provenance import commit_label
 from pyro_genmod.objectives import get_objective
 from pyro_genmod.train import parameters
 
@@ -67,7 +67,7 @@ def machine() -> dict:
             + ["python", "-m", "benchmarks.perf", *sys.argv[1:]]
         ),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "commit": git_commit() or "unknown",
+        "commit": commit_label(),
     }
 
 

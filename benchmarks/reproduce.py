@@ -45,7 +45,7 @@ import torch
 import pyro_genmod as pg
 from pyro_genmod.bench import active_units, blockwise_log_likelihood
 from pyro_genmod.bench.metrics import block_saved
-from pyro_genmod.bench.provenance import git_commit
+from pyro_genmod.bench.provenance import commit_label
 from pyro_genmod.checkpoint import (
     CHECKPOINT_FILE,
     Checkpointer,
@@ -237,7 +237,7 @@ def run_row(
         "khat_nan": int(torch.isnan(khat).sum()), "active_units": units,
         "latent_dims": [math.prod(s.event_shape) for s in model.latent_sites],
         "threads": torch.get_num_threads(), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores", "commit": git_commit() or "unknown",
+        f"{os.cpu_count()} cores", "commit": commit_label(),
         "recipe": {k: v for k, v in recipe.items() if k != "progress"},
     }
     atomic_write_text(folder / "final.json", json.dumps(final, indent=2))
@@ -356,7 +356,7 @@ def ais_row(
         "row": name, "points": points, "steps": steps, "chains": chains, "leapfrog": leapfrog,
         "ais_nll": -ais.mean, "ais_nll_stderr": ais.stderr, "is_nll": float(-is_points.mean()),
         "is_misses": float(gap.mean()), "is_misses_stderr": float(gap.std() / math.sqrt(points)),
-        "khat_above_0.7": float((khat > 0.7).float().mean()), "seconds": seconds, "commit": git_commit() or "unknown",
+        "khat_above_0.7": float((khat > 0.7).float().mean()), "seconds": seconds, "commit": commit_label(),
         "is_scored_again": not live,
     }
     atomic_write_text(_row_file(runs_dir, name, "ais.json"), json.dumps(result, indent=2))

@@ -30,7 +30,7 @@ import torch
 import torchvision.utils
 
 import pyro_genmod as pg
-from pyro_genmod.bench.provenance import git_commit
+from pyro_genmod.bench.provenance import commit_label
 from pyro_genmod.folders import atomic_write, atomic_write_text
 from pyro_genmod.sample_quality import sample_fd, train_classifier
 
@@ -111,7 +111,7 @@ def run(args) -> dict:
         rows.append({"sampler": name, "fd": fds, "fit_seconds": fit_seconds, "grid": png.name,
                      "options": settings["options"].get(name, {})})
         print(name, sum(fds) / len(fds), flush=True)
-    commit = git_commit() or "unknown"
+    commit = commit_label()
     return {
         "dataset": args.dataset, "shape": list(data.shape), "num_samples": n, "repeats": args.repeats,
         "vae": {"latent_dim": settings["latent_dim"], "epochs": epochs, "seconds": vae_seconds},

@@ -373,6 +373,7 @@ def test_git_commit_names_the_checkout_the_package_runs_from(tmp_path, monkeypat
     fresh(outside)
     monkeypatch.delenv("GENMOD_COMMIT", raising=False)
     assert provenance.git_commit() is None and "@" not in provenance.code_version()
+    assert provenance.commit_label() == "unknown"
     monkeypatch.setenv("GENMOD_COMMIT", "abc1234")
     fresh(outside)
     assert provenance.git_commit() == "abc1234"
@@ -388,7 +389,7 @@ def test_git_commit_names_the_checkout_the_package_runs_from(tmp_path, monkeypat
     subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
     fresh(package)
-    assert provenance.git_commit() == head.stdout.strip()
+    assert provenance.git_commit() == provenance.commit_label() == head.stdout.strip()
     assert provenance.code_version().endswith(f"@{head.stdout.strip()}")
     (package / "code.py").write_text("x = 2\n")
     fresh(package)

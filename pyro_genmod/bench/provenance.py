@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["code_version", "git_commit", "machine"]
+__all__ = ["code_version", "commit_label", "git_commit", "machine"]
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,11 @@ def git_commit() -> str | None:
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return os.environ.get("GENMOD_COMMIT") or None
     return head.stdout.strip()
+
+
+def commit_label() -> str:
+    """:func:`git_commit` for a results file's ``commit`` field: ``"unknown"`` when there is none."""
+    return git_commit() or "unknown"
 
 
 @functools.cache
