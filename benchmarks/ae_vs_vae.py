@@ -10,7 +10,8 @@ encoder and decoder networks, then measures:
 * continuity: for pairs of test images, decode a straight line between their codes in ``steps``
   steps, and compare the mean pixel change per step with the change between the endpoints.
 
-Writes ``benchmarks/results/ae_vs_vae.{md,png}`` (``ae_vs_vae_mnist.*`` with ``--data-root``).
+Writes ``benchmarks/results/ae_vs_vae.{md,png}`` (``ae_vs_vae_mnist.*`` with ``--data-root``; ``--out STEM``
+writes ``STEM.md`` and ``STEM.png``).
 
     python benchmarks/ae_vs_vae.py                                  # digits, minutes on 2 cores
     python benchmarks/ae_vs_vae.py --data-root ../shared/data --epochs 10   # MNIST
@@ -31,6 +32,8 @@ import torch  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 import pyro_genmod as pg  # noqa: E402
+from pyro_genmod.bench.args import output_file  # noqa: E402
+from pyro_genmod.folders import atomic_write, atomic_write_text  # noqa: E402
 from pyro_genmod.tasks import encode  # noqa: E402
 
 __all__ = ["completeness", "continuity", "main"]
@@ -104,12 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--score-points", type=int, default=None, help="test points scored by IS (default: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="output stem (default benchmarks/results/ae_vs_vae[_mnist])")
+    parser.add_argument("--out", type=output_file, default=None, help="output stem (default benchmarks/results/ae_vs_vae[_mnist])")
     args = parser.parse_args(argv)
     mnist = args.data_root is not None
+    stem = args.out or RESULTS / ("ae_vs_vae_mnist" if mnist else "ae_vs_vae")
     data = pg.load_dataset("mnist", root=args.data_root) if mnist else pg.load_dataset("digits")
     args.epochs = args.epochs or (10 if mnist else 300)
-    stem = Path(args.out) if args.out else RESULTS / ("ae_vs_vae_mnist" if mnist else "ae_vs_vae")
 
     # The judge: logistic regression on real training intensities; 20% held out as a reference.
     generator = torch.Generator().manual_seed(args.seed)
@@ -184,8 +187,7 @@ def write_figure(path: Path, figures: dict, args) -> None:
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), what="figure")
     plt.close(fig)
 
 
@@ -230,7 +232,7 @@ def write_table(path: Path, rows: list[dict], data, args, reference: float, accu
         "",
         f"Figure: `{path.with_suffix('.png').name}`.",
     ]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

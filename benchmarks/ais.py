@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from pyro_genmod.ais import bdmc
+from pyro_genmod.bench.args import output_file
 from pyro_genmod.bench.provenance import commit_label
 from pyro_genmod.bench.metrics import blockwise_log_likelihood
-from pyro_genmod.folders import atomic_write_text
+from pyro_genmod.folders import atomic_write, atomic_write_text
 from pyro_genmod.runs import load_run
 
 __all__ = ["main", "run_cell", "summarize"]
@@ -81,9 +82,12 @@ def run_cell(cell: Path, args) -> None:
         result = bdmc(model, guide, num_points=args.bdmc_points, num_chains=args.chains, num_steps=args.steps,
                       leapfrog_steps=args.leapfrog, step_size=STEP_SIZE, seed=IS_SEED)
         seconds = time.perf_counter() - began
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, lower=result.lower.numpy(), upper=result.upper.numpy(), seconds=np.array(seconds))
-        tmp.replace(path)
+
+        def save(tmp: str) -> None:  # a file object: np.savez would add .npz to the temporary name
+            with open(tmp, "wb") as handle:
+                np.savez(handle, lower=result.lower.numpy(), upper=result.upper.numpy(), seconds=np.array(seconds))
+
+        atomic_write(path, save, what="BDMC result")
         print(f"{cell.name}: BDMC on {args.bdmc_points} simulated points ({seconds:.0f} s)", flush=True)
     if args.bdmc_only:
         return
@@ -229,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bdmc", action="store_true", help="run: AIS blocks only")
     parser.add_argument("--blocks", default=None, help="run: only these AIS blocks, e.g. 5,4 (another process's share)")
     parser.add_argument("--bdmc-only", action="store_true", help="run: BDMC only (in a process of its own)")
-    parser.add_argument("--out", default=str(RESULTS / "ais.md"))
+    parser.add_argument("--out", type=output_file, default=str(RESULTS / "ais.md"))
     args = parser.parse_args(argv)
+    if not Path(args.runs).is_dir():
+        parser.error(f"--runs '{args.runs}' is not a folder; give the bench's runs folder (cell folders inside)")
     if args.data_root:
         os.environ["GENMOD_DATA_ROOT"] = args.data_root
     if args.action == "run":

@@ -15,7 +15,8 @@ the whole test set. Sample grids of both are written next to the table.
 
 MNIST is read from ``--data-root`` (or ``$GENMOD_DATA_ROOT``), torchvision's layout
 (``MNIST/raw``), binarized dynamically as in Burda et al.'s protocol. Run folders (checkpoints,
-``result.json``) go under ``--runs``, never into the repository.
+``result.json``) go under ``--runs``, never into the repository; the sample grids (``run``) and
+``diffusion.md`` (``report``) go to ``benchmarks/results``, or to ``--results-dir DIR``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 import torchvision.utils
 
 import pyro_genmod as pg
+from pyro_genmod.bench.args import results_folder
 from pyro_genmod.bench.provenance import commit_label
 from pyro_genmod.folders import atomic_write, atomic_write_text
 from pyro_genmod.train import evaluate_elbo
@@ -118,7 +120,7 @@ def run(args) -> None:
                        batch_size=args.batch_size, lr=args.lr)
     rows["diffusion"] = {**budget, **score_pair(model, guide, data, points, args.num_samples, args.seed),
                          "options": {"num_steps": args.num_steps, "objective": "diffusion_elbo"}}
-    write_grid(model, RESULTS / f"diffusion_{args.dataset}_samples.png", args.seed)
+    write_grid(model, args.results_dir / f"diffusion_{args.dataset}_samples.png", args.seed)
     print(json.dumps(rows["diffusion"]), flush=True)
 
     if args.full_chain:  # the same model trained on the full-chain ELBO (trace_elbo), same budget
@@ -138,7 +140,7 @@ def run(args) -> None:
                        seed=args.seed, batch_size=args.batch_size, lr=args.lr)
     rows["vae"] = {**budget, **score_pair(vae, encoder, data, points, args.num_samples, args.seed),
                    "options": {"latent_dim": args.latent_dim, "objective": "trace_elbo"}}
-    write_grid(vae, RESULTS / f"diffusion_{args.dataset}_vae_samples.png", args.seed)
+    write_grid(vae, args.results_dir / f"diffusion_{args.dataset}_vae_samples.png", args.seed)
     print(json.dumps(rows["vae"]), flush=True)
 
     meta = {
@@ -271,7 +273,7 @@ def report(args) -> None:
         ]
     lines += _variance_lines(Path(args.runs).expanduser() / "variance.json")
     lines += [Path(args.notes).read_text().rstrip() + "\n"] if args.notes else []
-    atomic_write_text(RESULTS / "diffusion.md", "\n".join(lines))
+    atomic_write_text(args.results_dir / "diffusion.md", "\n".join(lines))
     print("\n".join(lines))
 
 
@@ -304,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("report", help="write benchmarks/results/diffusion.md from the runs' result.json")
     p.add_argument("--runs", required=True)
     p.add_argument("--notes", default=None, help="a Markdown file appended to the report (the discussion)")
+    for writer in (r, p):
+        writer.add_argument("--results-dir", type=results_folder, default=str(RESULTS), metavar="DIR",
+                            help="where the sample grids and diffusion.md go (default: benchmarks/results)")
     args = parser.parse_args(argv)
     if args.command == "run":
         small = args.dataset == "digits"

@@ -3,6 +3,7 @@
     python -m benchmarks.distributed                 # both parts; writes benchmarks/results/scale.md (+ .json)
     python -m benchmarks.distributed --part ddp      # only the DDP part (keeps the other part's last numbers)
     python -m benchmarks.distributed --part grid
+    python -m benchmarks.distributed --results-dir DIR   # DIR/scale.md and DIR/scale.json instead
 
 **DDP.** ``torchrun --standalone --nproc_per_node=2`` starts two gloo workers. Each builds the
 same fit (VAE with a mean-field guide on ``digits``) once per variant and trains them in
@@ -315,7 +316,9 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from pyro_genmod.bench.args import results_folder
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--part", choices=["ddp", "grid", "all"], default="all")
@@ -325,22 +328,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds of the DDP part")
     parser.add_argument("--block", type=int, default=20, help="steps per variant per round")
     parser.add_argument("--grid-rounds", type=int, default=2, help="interleaved rounds of the grid part")
-    args = parser.parse_args()
+    parser.add_argument("--results-dir", type=results_folder, default=str(RESULTS), metavar="DIR",
+                        help="where scale.json and scale.md go (default: benchmarks/results)")
+    args = parser.parse_args(argv)
     if args.ddp_worker:
         return ddp_worker(args)
     from benchmarks.perf import machine
+    from pyro_genmod.folders import atomic_write_text
 
-    path = RESULTS / "scale.json"
+    path = args.results_dir / "scale.json"
     result = json.loads(path.read_text()) if path.exists() else {}  # the other part's last numbers stay
-    command = {"command": " ".join(["python", "-m", "benchmarks.distributed", *sys.argv[1:]])}
+    argv = sys.argv[1:] if argv is None else argv
+    command = {"command": " ".join(["python", "-m", "benchmarks.distributed", *argv])}
     if args.part in ("ddp", "all"):
         result["ddp"] = bench_ddp(args) | {"machine": machine() | command | {"torch_threads": 1}}
         print(json.dumps(result["ddp"], indent=2))
     if args.part in ("grid", "all"):
         result["grid"] = bench_grid(args) | {"machine": machine() | command | {"torch_threads": 1}}
-    RESULTS.mkdir(exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "scale.md").write_text(report(result))
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.results_dir / "scale.md", report(result))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ ELBO_amortized (``pg.inference_gaps``; ELBO_local from per-point optimization of
 family, log p(x) by importance sampling with K draws from the local q). Means are per point,
 with standard errors over points.
 
-Writes ``benchmarks/results/gaps.md`` (``gaps_mnist.md`` with ``--data-root``). With
+Writes ``benchmarks/results/gaps.md`` (``gaps_mnist.md`` with ``--data-root``; ``--results-dir DIR``
+writes it under DIR instead). With
 ``--model ppca`` the model is probabilistic PCA on scikit-learn's wine data, whose log p(x) is
 exact, so the estimated gaps can be checked against the true ones (``gaps_ppca.md``).
 
@@ -26,6 +27,8 @@ import pyro
 import torch
 
 import pyro_genmod as pg
+from pyro_genmod.bench.args import results_folder
+from pyro_genmod.folders import atomic_write_text
 
 __all__ = ["GUIDES", "PPCA_GUIDES", "gap_row", "main"]
 
@@ -83,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-samples", "-K", type=int, default=5000)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", type=results_folder, default=str(RESULTS), metavar="DIR",
+                        help="where the table goes (default: benchmarks/results)")
     args = parser.parse_args(argv)
+    results = args.results_dir
     if args.model == "ppca":
         data, guides = pg.load_dataset("wine"), args.guides or PPCA_GUIDES
     else:
@@ -112,9 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `python benchmarks/gaps.py {' '.join(argv) if argv else ''}`\n\n"
     )
     suffix = "_ppca" if args.model == "ppca" else "_mnist" if args.data_root else ""
-    out = RESULTS / f"gaps{suffix}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header + body + "\n", encoding="utf-8")
+    out = results / f"gaps{suffix}.md"
+    atomic_write_text(out, header + body + "\n")
     print(f"wrote {out}")
 
 

@@ -8,7 +8,8 @@ and the ``local`` guide refined per test point from the mean-field start (the am
 gap). A second table measures the guide-gradient variance of the IWAE estimator against DReG
 on the trained mean-field model.
 
-Writes ``benchmarks/results/guides.md`` (``guides_mnist.md`` with ``--data-root``).
+Writes ``benchmarks/results/guides.md`` (``guides_mnist.md`` with ``--data-root``; ``--out NAME`` names
+the file, ``--results-dir DIR`` puts it under DIR).
 
     python benchmarks/guides.py                                             # digits
     python benchmarks/guides.py --data-root ../shared/data --epochs 3 --test-points 500 --max-k 5
@@ -25,6 +26,8 @@ import pyro
 import torch
 
 import pyro_genmod as pg
+from pyro_genmod.bench.args import results_folder
+from pyro_genmod.folders import atomic_write_text
 from pyro_genmod.guides.local import fit_local
 from pyro_genmod.objectives import get_objective
 
@@ -118,7 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", default=None, help="guides to run (default: all rows)")
     parser.add_argument("--max-k", type=int, default=None, help="skip rows trained with more particles")
     parser.add_argument("--out", default=None, help="result file name (default: guides.md or guides_mnist.md)")
+    parser.add_argument("--results-dir", type=results_folder, default=str(RESULTS), metavar="DIR",
+                        help="where the table goes (default: benchmarks/results)")
     args = parser.parse_args(argv)
+    if args.out is not None and Path(args.out).name != args.out:
+        parser.error(f"--out is a file name ('{Path(args.out).name}'); give its folder with --results-dir")
     mnist = args.data_root is not None
     data = pg.load_dataset("mnist", root=args.data_root) if mnist else pg.load_dataset("digits")
     args.epochs = args.epochs or (5 if mnist else 200)
@@ -188,9 +195,9 @@ def write_table(rows: list[dict], variance: dict, data, test, args) -> None:
                 f"{v['iwae']['variance'] / v['iwae_dreg']['variance']:.1f}x | {v['iwae']['snr']:.3f} | "
                 f"{v['iwae_dreg']['snr']:.3f} |"
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / name).write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / name}")
+    out = args.results_dir / name
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

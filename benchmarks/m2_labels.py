@@ -6,6 +6,9 @@ On MNIST the protocol uses 100, 600, 1000 and 3000 labels of 50,000 (Pyro's SS-V
 
     python benchmarks/m2_labels.py                         # digits
     python benchmarks/m2_labels.py --data-root ../shared/data --epochs 20   # MNIST
+
+Writes ``benchmarks/results/m2_labels.md`` (``m2_labels_mnist.md`` on MNIST; ``--results-dir DIR``
+writes it under DIR instead).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import pyro
 from sklearn.linear_model import LogisticRegression
 
 import pyro_genmod as pg
+from pyro_genmod.bench.args import results_folder
+from pyro_genmod.folders import atomic_write_text
 from pyro_genmod.models.m2 import hide_labels
 
 __all__ = ["main", "proportional_labels"]
@@ -44,7 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--results-dir", type=results_folder, default=str(RESULTS), metavar="DIR",
+                        help="where the table goes (default: benchmarks/results)")
     args = parser.parse_args(argv)
+    results = args.results_dir
     mnist = args.data_root is not None
     data = pg.load_dataset("mnist", root=args.data_root) if mnist else pg.load_dataset("digits")
     epochs = args.epochs or (20 if mnist else 60)
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {TUTORIAL[mnist_count]} |"
         )
     lines += ["", "Chance is 0.1. The tutorial numbers are on MNIST with far longer training; on digits they are context, not a target."]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(results / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

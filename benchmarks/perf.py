@@ -1,8 +1,9 @@
 """Performance benchmarks for issue 8: SVI step, importance-sampling scorer, end-to-end, devices.
 
-Each section writes ``benchmarks/results/perf/<section>.json``; ``--report`` renders them all
-into ``benchmarks/results/perf.md``. Timings are medians of interleaved runs in one process,
-reported as ratios against a hand-written PyTorch baseline doing the same work.
+Each section writes ``benchmarks/results/perf/<section>.json``; ``report`` renders them all
+into ``benchmarks/results/perf.md`` (with ``--results-dir DIR``: ``DIR/perf/`` and ``DIR/perf.md``).
+Timings are medians of interleaved runs in one process, reported as ratios against a
+hand-written PyTorch baseline doing the same work.
 
     python -m benchmarks.perf svi            # 1. SVI step vs hand-written PyTorch
     python -m benchmarks.perf step           # 1b. compiled step vs NumPyro jitted SVI vs the matmul-plus-Adam floor
@@ -37,7 +38,9 @@ import torch
 import torch.nn.functional as F
 
 import pyro_genmod as pg
+from pyro_genmod.bench.args import results_folder
 from pyro_genmod.bench.provenance import commit_label
+from pyro_genmod.folders import atomic_write_text
 from pyro_genmod.objectives import get_objective
 from pyro_genmod.train import parameters
 
@@ -71,14 +74,14 @@ def machine() -> dict:
     }
 
 
-def save(section: str, result: dict) -> None:
-    """Write ``<section>.json``; an SVI run with more than one torch thread is kept beside the
+def save(section: str, result: dict, folder: Path = RESULTS) -> None:
+    """Write ``folder/<section>.json``; an SVI run with more than one torch thread is kept beside the
     single-thread one as ``svi_threads<n>.json``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), **result}
     threads = torch.get_num_threads()
     name = f"{section}_threads{threads}" if section in ("svi", "step") and threads > 1 else section
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
@@ -613,7 +616,7 @@ def bench_protocol(args) -> dict:
             log_likelihood=float(torch.cat(estimates).mean()),
         )
         result["blocks"].append({"points_done": done, "wall_seconds": wall, "load_average": os.getloadavg()})
-        save("protocol", result)
+        save("protocol", result, args.results_dir / RESULTS.name)
     return result
 
 
@@ -1049,7 +1052,7 @@ def write_report(folder: Path, out: Path) -> Path:
     ais = read("ais")
     if ais:
         lines.append(ais_markdown(ais))
-    out.write_text("\n".join(lines))
+    atomic_write_text(out, "\n".join(lines))
     return out
 
 
@@ -1170,8 +1173,6 @@ def ais_markdown(result: dict) -> str:
 def append_section(out: Path, heading: str, text: str) -> None:
     """Put ``text`` into ``out`` in place of the section that starts with ``heading`` (up to the next
     ``## ``), or at the end: the other sections are left as they are."""
-    from pyro_genmod.folders import atomic_write_text
-
     old = out.read_text() if out.exists() else ""
     start = old.find(heading)
     if start < 0:
@@ -1202,19 +1203,22 @@ def main(argv=None) -> int:
     parser.add_argument("--train-rounds", type=int, default=2, help="threads: alone/loaded pairs of the default run")
     parser.add_argument("--timeout", type=float, default=150, help="threads: seconds before a run is given up")
     parser.add_argument("--train-args", default="", help="threads: options added to `genmod train` (e.g. '--epochs 10')")
+    parser.add_argument("--results-dir", type=results_folder, default=str(RESULTS.parent), metavar="DIR",
+                        help="write DIR/perf/<section>.json and DIR/perf.md (default: benchmarks/results)")
     args = parser.parse_args(argv)
+    folder, perf_md = args.results_dir / RESULTS.name, args.results_dir / "perf.md"
     if args.section == "report":
-        print(write_report(RESULTS, RESULTS.parent / "perf.md"))
+        print(write_report(folder, perf_md))
         return 0
     defaults = {"scorer": (1000, 130), "scaling": (None, 100), "protocol": (5000, None), "ais": (None, 100)}
     k, points = defaults.get(args.section, (None, None))
     args.k = args.k or k
     args.points = args.points or points
     args.rounds = args.rounds or (60 if args.section in ("svi", "step") else 30)
-    save(args.section, SECTIONS[args.section](args))
+    save(args.section, SECTIONS[args.section](args), folder)
     if args.section == "ais":  # its own section of perf.md, the others left as they are
-        result = json.loads((RESULTS / "ais.json").read_text())
-        append_section(RESULTS.parent / "perf.md", "## 5. AIS throughput", ais_markdown(result))
+        result = json.loads((folder / "ais.json").read_text())
+        append_section(perf_md, "## 5. AIS throughput", ais_markdown(result))
     return 0
 
 

@@ -11,7 +11,7 @@ For each (model, dataset, guide) the pair is trained by SVI, then on the test se
   difference per data dimension;
 * train seconds.
 
-Writes ``benchmarks/results/reference_models.{md,csv}``.
+Writes ``benchmarks/results/reference_models.{md,csv}`` (``--out STEM``: ``STEM.md`` and ``STEM.csv``).
 
     python benchmarks/reference_models.py            # K = 5000, a few minutes on 2 cores
     python benchmarks/reference_models.py --quick    # K = 100, short training: a smoke run
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import platform
 import time
@@ -34,6 +35,8 @@ from sklearn.decomposition import FactorAnalysis
 from sklearn.mixture import GaussianMixture
 
 import pyro_genmod as pg
+from pyro_genmod.bench.args import output_file
+from pyro_genmod.folders import atomic_write_text
 from pyro_genmod.experiment import score
 from pyro_genmod.tasks import sampled_dataset
 
@@ -228,9 +231,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-samples", type=int, default=None, help="K (default 5000; 100 with --quick)")
     parser.add_argument("--quick", action="store_true", help="short training and K=100: a smoke run")
-    parser.add_argument("--out", default=str(RESULTS / "reference_models"),
+    parser.add_argument("--out", type=output_file, default=str(RESULTS / "reference_models"),
                         help="output path without suffix")
     args = parser.parse_args(argv)
+    out = args.out
     args.num_samples = args.num_samples or (100 if args.quick else 5000)
     start = time.perf_counter()
     rows = []
@@ -251,13 +255,12 @@ def main(argv: list[str] | None = None) -> None:
                     f"Δ/dim {row['svi_minus_reference_per_dim']:+.4f}  {row['train_seconds']:.1f}s",
                     flush=True,
                 )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    out.with_suffix(".md").write_text(markdown(rows, args, time.perf_counter() - start))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out.with_suffix(".csv"), table.getvalue())
+    atomic_write_text(out.with_suffix(".md"), markdown(rows, args, time.perf_counter() - start))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
 
 

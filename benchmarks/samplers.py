@@ -14,7 +14,8 @@ sample seeds with its standard error. A grid of 64 samples per sampler is writte
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/samplers.py --dataset mnist   # $GENMOD_DATA_ROOT
 
 Writes ``benchmarks/results/samplers_DATASET.json`` and PNGs, then rebuilds the section
-"Ex-post samplers" of ``benchmarks/results/zoo.md`` from every ``samplers_*.json``.
+"Ex-post samplers" of ``benchmarks/results/zoo.md`` from every ``samplers_*.json``
+(``--results-dir DIR``: all of them in DIR instead; a missing ``DIR/zoo.md`` is started).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 import torchvision.utils
 
 import pyro_genmod as pg
+from pyro_genmod.bench.args import results_folder
 from pyro_genmod.bench.provenance import commit_label
 from pyro_genmod.folders import atomic_write, atomic_write_text
 from pyro_genmod.sample_quality import sample_fd, train_classifier
@@ -106,7 +108,7 @@ def run(args) -> dict:
         grid = torchvision.utils.make_grid(pg.sample(model, 64, mean=True, seed=0, sampler=sampler).clamp(0, 1),
                                            nrow=8, padding=1, pad_value=0.5)
         grid = torch.nn.functional.interpolate(grid.unsqueeze(0), scale_factor=settings["scale"], mode="nearest")[0]
-        png = RESULTS / f"samplers_{args.dataset}_{name}.png"
+        png = args.results_dir / f"samplers_{args.dataset}_{name}.png"
         atomic_write(png, lambda tmp, grid=grid: torchvision.utils.save_image(grid, tmp, format="png"), what="image")
         rows.append({"sampler": name, "fd": fds, "fit_seconds": fit_seconds, "grid": png.name,
                      "options": settings["options"].get(name, {})})
@@ -126,7 +128,7 @@ def run(args) -> dict:
     }
 
 
-def section() -> str:
+def section(folder: Path = RESULTS) -> str:
     lines = [BEGIN, "## Ex-post samplers: Fréchet distance in a classifier trained on the data", "",
              ("Written by `benchmarks/samplers.py` (rebuilt from `samplers_*.json`). A VAE with a `mean_field` "
              "guide (200-200 tanh networks, Bernoulli likelihood, Adam lr 1e-3, batch 128) is sampled "
@@ -135,7 +137,7 @@ def section() -> str:
              "128 last-hidden features of an MLP (256-128, ReLU) trained on the grey-level training images "
              "(`pyro_genmod.sample_quality`); lower is better; mean ± s.e. over sample seeds, every set of the "
              "same size N. The `data` row (real training images, same N) is the floor set by N."), ""]
-    for path in sorted(RESULTS.glob("samplers_*.json")):
+    for path in sorted(folder.glob("samplers_*.json")):
         r = json.loads(path.read_text())
         lines += [f"### {r['dataset']}", "",
                   (f"VAE latent {r['vae']['latent_dim']}, {r['vae']['epochs']} epochs ({r['vae']['seconds']:.0f} s); "
@@ -154,13 +156,13 @@ def section() -> str:
     return "\n".join([*lines, END])
 
 
-def update_zoo() -> None:
-    zoo = RESULTS / "zoo.md"
-    text = zoo.read_text()
+def update_zoo(folder: Path = RESULTS) -> None:
+    zoo = folder / "zoo.md"
+    text = zoo.read_text() if zoo.is_file() else ""
     if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section() + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + section(folder) + text[text.index(END) + len(END):]
     else:
-        text = text.rstrip("\n") + "\n\n" + section() + "\n"
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section(folder) + "\n"
     atomic_write_text(zoo, text)
 
 
@@ -172,11 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="sample seeds per sampler")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only rebuild the zoo.md section")
+    parser.add_argument("--results-dir", type=results_folder, default=str(RESULTS), metavar="DIR",
+                        help="where the json, the PNGs and zoo.md are (default: benchmarks/results)")
     args = parser.parse_args(argv)
     if not args.report_only:
         result = run(args)
-        atomic_write_text(RESULTS / f"samplers_{args.dataset}.json", json.dumps(result, indent=1) + "\n")
-    update_zoo()
+        atomic_write_text(args.results_dir / f"samplers_{args.dataset}.json", json.dumps(result, indent=1) + "\n")
+    update_zoo(args.results_dir)
 
 
 if __name__ == "__main__":

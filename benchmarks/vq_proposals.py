@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 import pyro_genmod as pg
+from pyro_genmod.errors import GenmodError
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a trained vq_vae run folder (genmod train or genmod bench)")
     parser.add_argument("--split", choices=["val", "test"], default="val")
@@ -29,8 +30,11 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.9])
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    run = pg.load_run(args.run)
+    args = parser.parse_args(argv)
+    try:
+        run = pg.load_run(args.run)
+    except GenmodError as error:
+        parser.error(str(error))
     x = getattr(run.data, args.split)[: args.points]
     options = {k: v for k, v in run.config["guide"]["options"].items() if k not in ("prior_weight", "temperature")}
     print(f"{args.run}: {args.split} images 0-{x.shape[0] - 1}, K = {args.num_samples}, seed {args.seed}")

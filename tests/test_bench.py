@@ -395,3 +395,29 @@ def test_git_commit_names_the_checkout_the_package_runs_from(tmp_path, monkeypat
     fresh(package)
     assert provenance.code_version().endswith(f"@{head.stdout.strip()}+modified")
     fresh(provenance.Path(provenance.__file__).resolve().parents[1])  # leave the cache as the package's own
+
+
+def test_output_options_make_their_folder_or_give_one_usage_error(tmp_path, capsys):
+    """pyro_genmod.bench.args: the benchmark scripts' --results-dir / --out types."""
+    import argparse
+
+    from pyro_genmod.bench.args import output_file, results_folder
+
+    parser = argparse.ArgumentParser(prog="script")
+    parser.add_argument("--results-dir", type=results_folder)
+    parser.add_argument("--out", type=output_file)
+    args = parser.parse_args(["--results-dir", str(tmp_path / "a" / "b"), "--out", str(tmp_path / "c" / "t.md")])
+    assert args.results_dir == tmp_path / "a" / "b" and args.results_dir.is_dir()
+    assert args.out == tmp_path / "c" / "t.md" and args.out.parent.is_dir() and not args.out.exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    for argv, message in (
+        (["--results-dir", str(blocker)], f"argument --results-dir: '{blocker}' is a file, not a folder"),
+        (["--out", str(blocker / "t.md")], f"argument --out: '{blocker}' is a file, not a folder"),
+        (["--results-dir", str(blocker / "sub")], f"argument --results-dir: cannot create the folder '{blocker / 'sub'}'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert blocker.read_text() == "keep"
