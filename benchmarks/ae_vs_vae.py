@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> None:
                 figures[(latent_dim, name, source)] = images[:12]
             figures[(latent_dim, name, "paths")] = paths[:4]
 
-    write_figure(stem.with_suffix(".png"), figures, args)
-    write_table(stem.with_suffix(".md"), rows, data, args, reference, reference_accuracy)
-    print(stem.with_suffix(".md").read_text())
+    write_figure(stem.with_name(stem.name + ".png"), figures, args)
+    write_table(stem.with_name(stem.name + ".md"), rows, data, args, reference, reference_accuracy)
+    print(stem.with_name(stem.name + ".md").read_text())
 
 
 def strip(images: torch.Tensor) -> torch.Tensor:

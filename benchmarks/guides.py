@@ -181,7 +181,7 @@ def write_table(rows: list[dict], variance: dict, data, test, args) -> None:
     if variance:
         lines += [
             "",
-            f"## Guide-gradient variance: IWAE vs DReG (mean-field model above, {args.repeats} draws, batch of 64 test points)",
+            f"## Guide-gradient variance: IWAE vs DReG (mean-field model above, {args.repeats} draws, batch of {min(64, test.shape[0])} test points)",
             "",
             "Total variance = sum over guide parameters of the per-coordinate variance of the gradient; "
             "SNR = mean over coordinates of |mean| / sd.",

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             baselines.append(float(baseline.score(data.test.reshape(data.test.shape[0], -1).numpy(), data.test_labels.numpy())))
             print(f"{count} labels, seed {seed}: accuracy {accuracies[-1]:.4f} ({seconds[-1]:.0f} s)", flush=True)
         mean = sum(accuracies) / len(accuracies)
-        spread = (sum((a - mean) ** 2 for a in accuracies) / max(1, len(accuracies) - 1)) ** 0.5
+        spread = (sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1)) ** 0.5 if len(accuracies) > 1 else None
         rows.append((count, mnist_count, mean, spread, accuracies, sum(seconds) / len(seconds), sum(baselines) / len(baselines)))
     name = "m2_labels_mnist" if mnist else "m2_labels"
     lines = [
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     for count, mnist_count, mean, spread, accuracies, secs, base in rows:
         per_seed = ", ".join(f"{a:.3f}" for a in accuracies)
         lines.append(
-            f"| {count} | {mnist_count} | {mean:.4f} | {spread:.4f} | {per_seed} | {base:.4f} | {secs:.0f} "
+            f"| {count} | {mnist_count} | {mean:.4f} | {'n/a (one seed)' if spread is None else f'{spread:.4f}'} | {per_seed} | {base:.4f} | {secs:.0f} "
             f"| {TUTORIAL[mnist_count]} |"
         )
     lines += ["", "Chance is 0.1. The tutorial numbers are on MNIST with far longer training; on digits they are context, not a target."]

@@ -259,9 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out.with_suffix(".csv"), table.getvalue())
-    atomic_write_text(out.with_suffix(".md"), markdown(rows, args, time.perf_counter() - start))
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
+    atomic_write_text(out.with_name(out.name + ".csv"), table.getvalue())
+    atomic_write_text(out.with_name(out.name + ".md"), markdown(rows, args, time.perf_counter() - start))
+    print(f"wrote {out.with_name(out.name + '.md')} and {out.with_name(out.name + '.csv')}")
 
 
 if __name__ == "__main__":

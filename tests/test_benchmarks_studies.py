@@ -118,6 +118,7 @@ def test_m2_labels_writes_one_row_per_label_count(tmp_path):
     for row in rows:
         assert 0.0 <= number(row[2]) <= 1.0 and 0.0 <= number(row[5]) <= 1.0
         assert float(row[7]) == m2_labels.TUTORIAL[int(row[1])]
+        assert row[3] == "n/a (one seed)"  # no spread from a single seed
 
 
 # --- guides.py: about 5 s -----------------------------------------------------------------------------
@@ -137,6 +138,7 @@ def test_guides_writes_the_named_file_under_results_dir(tmp_path):
     for row in rows:
         log_px, elbo, gap = number(row[2]), number(row[3]), number(row[4])
         assert gap == pytest.approx(log_px - elbo, abs=0.016) and gap >= 0.0  # IS is never below the ELBO
+    assert "3 draws, batch of 8 test points)" in text  # the batch the variance used: --test-points 8
     variance = table(text, "| K | IWAE total variance | DReG total variance |")
     assert [row[0] for row in variance] == ["5", "50"]
     for row in variance:
@@ -148,11 +150,11 @@ def test_guides_writes_the_named_file_under_results_dir(tmp_path):
 
 def test_ae_vs_vae_writes_table_and_figure_beside_the_out_stem(tmp_path):
     ae_vs_vae.main(["--epochs", "1", "--latent-dims", "2", "--hidden", "16", "--samples", "20", "--pairs", "3",
-                    "--steps", "2", "--score-points", "5", "--out", str(tmp_path / "new" / "ae")])
-    assert files_in(tmp_path / "new") == ["ae.md", "ae.png"]
-    assert (tmp_path / "new" / "ae.png").read_bytes().startswith(PNG)
-    text = (tmp_path / "new" / "ae.md").read_text()
-    assert "Figure: `ae.png`." in text
+                    "--steps", "2", "--score-points", "5", "--out", str(tmp_path / "new" / "ae.v2")])
+    assert files_in(tmp_path / "new") == ["ae.v2.md", "ae.v2.png"]  # a dot in the stem is kept
+    assert (tmp_path / "new" / "ae.v2.png").read_bytes().startswith(PNG)
+    text = (tmp_path / "new" / "ae.v2.md").read_text()
+    assert "Figure: `ae.v2.png`." in text
     rows = table(text, "| model | latent dim | random codes from | completeness (conf > 0.9) |")
     assert [row[:3] for row in rows] == [
         ["ae", "2", "N(0, I)"], ["ae", "2", "Gaussian fitted to codes"],
