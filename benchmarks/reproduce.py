@@ -329,12 +329,31 @@ def _collect(source: Path, target: Path) -> dict:
 AIS_STEP_SIZE = 0.05  # HMC's initial step size, adapted per point (as in benchmarks/ais.py)
 
 
+def _share_blocks(folder: Path, total: int, block: int, score, from_end: bool = True, method: str = "is") -> int:
+    """Score the blocks of ``total`` points (``block`` a block) that ``folder`` does not hold whole yet,
+    from the last back (``from_end``), with ``score(i)`` for block ``i``: a second process's share of an
+    evaluation that another process takes from the first block. Returns how many blocks it scored."""
+    starts = range(0, total, block)
+    scored = 0
+    for i in reversed(range(len(starts))) if from_end else range(len(starts)):
+        if block_saved(folder, starts[i], min(starts[i] + block, total), method):  # a file cut short is scored again
+            continue
+        score(i)
+        scored += 1
+        print(f"{folder.parent.name}: scored block {i + 1} of {len(starts)}", flush=True)
+    return scored
+
+
 def ais_row(
     name: str, runs_dir: Path, data_root, points: int = 1000, steps: int = 1000, chains: int = 2,
-    leapfrog: int = 2, block: int = 100, work_dir: Path | None = None,
+    leapfrog: int = 2, block: int = 100, work_dir: Path | None = None, share: bool = False,
 ) -> dict:
     """AIS log p(x) on the first ``points`` test images for a finished row, in resumable blocks,
     paired with the row's final IS estimate on the same images; saved as ``ais.json``.
+
+    ``share``: only score AIS blocks, from the last back, beside another ``ais`` process on the same
+    row that takes them from the first and writes ``ais.json`` (each block has its own seed, so the
+    numbers are the same whoever scores it); returns ``{"scored": N}``.
 
     ``runs_dir`` is a runs folder (the trained state comes from the row's checkpoint, the IS estimate
     from its final protocol's saved blocks) or a collected one (``results/reproduce/LABEL``: the state
@@ -344,23 +363,25 @@ def ais_row(
     if setup is None or final is None:
         raise SystemExit(f"{runs_dir} has no finished run of {name} (final.json); train and score it first")
     data = _load_data(data_root)
-    model, guide, recipe = _pair_and_recipe(name, setup, data)
+    model, guide, _ = _pair_and_recipe(name, setup, data)
     x = data.test[:points]
     live = (runs_dir / name).is_dir()
     folder = runs_dir / name if live else Path(work_dir or Path("runs") / "reproduce-ais" / _label(runs_dir) / name)
-    if live:
-        pg.fit(model, guide, data, epochs=setup["epochs"], checkpoint=Checkpointer(folder, every=2000), resume=True,
-               **recipe)  # restores the trained pair; nothing left to train
-    else:
-        params = _row_file(runs_dir, name, PARAMS_FILE)
-        if not params.is_file():
-            raise SystemExit(f"{runs_dir} has no trained parameters of {name} ({params.name}); AIS needs them")
-        _load_trained(model, guide, params, name)
-    ais, seconds = blockwise_log_likelihood(
-        model.eval(), guide.eval(), x, chains, seed=0, block=block, khat_points=0,
-        folder=folder / f"ais-T{steps}-K{chains}-L{leapfrog}-block{block}", method="ais", num_steps=steps,
-        leapfrog_steps=leapfrog, step_size=AIS_STEP_SIZE,
-    )
+    trained = folder / CHECKPOINT_FILE if live else _row_file(runs_dir, name, PARAMS_FILE)
+    if not trained.is_file():
+        raise SystemExit(f"{runs_dir} has no trained parameters of {name} ({trained.name}); AIS needs them")
+    _load_trained(model, guide, trained, name)  # read only: several processes may share the row
+    ais_folder = folder / f"ais-T{steps}-K{chains}-L{leapfrog}-block{block}"
+
+    def ais_blocks(blocks=None):
+        return blockwise_log_likelihood(
+            model.eval(), guide.eval(), x, chains, seed=0, block=block, khat_points=0, folder=ais_folder,
+            method="ais", num_steps=steps, leapfrog_steps=leapfrog, step_size=AIS_STEP_SIZE, blocks=blocks,
+        )
+
+    if share:
+        return {"scored": _share_blocks(ais_folder, x.shape[0], block, lambda i: ais_blocks([i]), method="ais")}
+    ais, seconds = ais_blocks()
     # the final protocol's saved blocks, read and not scored again; without them, those images scored anew
     scored = data.test if live else x
     full, _ = _final_protocol(model, guide, scored, folder / ("eval" if live else f"eval-first{points}"))
@@ -397,16 +418,8 @@ def score_row(name: str, runs_dir: Path, data_root, from_end: bool = True) -> in
     data = _load_data(data_root)
     model, guide, _ = _pair_and_recipe(name, setup, data)
     _load_trained(model, guide, checkpoint, name, state)
-    starts = range(0, data.test.shape[0], FINAL_BLOCK)
-    scored = 0
-    for i in reversed(range(len(starts))) if from_end else range(len(starts)):
-        stop = min(starts[i] + FINAL_BLOCK, data.test.shape[0])
-        if block_saved(folder / "eval", starts[i], stop):  # a file cut short is scored again
-            continue
-        _final_protocol(model, guide, data.test, folder / "eval", blocks=[i])
-        scored += 1
-        print(f"{name}: scored block {i + 1} of {len(starts)}", flush=True)
-    return scored
+    return _share_blocks(folder / "eval", data.test.shape[0], FINAL_BLOCK,
+                         lambda i: _final_protocol(model, guide, data.test, folder / "eval", blocks=[i]), from_end)
 
 
 def _table(recipes: list[dict]) -> str:
@@ -542,7 +555,8 @@ Active units: dimensions whose posterior mean varies over the test set by more t
 measure), per stochastic layer. AIS: annealed importance sampling from q(z|x) to p(z|x) on the first
 test images (T = 1000 steps, 2 chains, 2 leapfrog steps, HMC step size adapted per point; the settings
 of `ais.md`), beside the final IS estimate on the same images; "IS misses" is AIS log p(x) - IS log p(x),
-paired (AIS is itself a stochastic lower bound). Command: `python -m benchmarks.reproduce ais ROW --runs-dir DIR`.
+paired (AIS is itself a stochastic lower bound). Command: `python -m benchmarks.reproduce ais ROW --runs-dir DIR`
+(the same with `--share`, in a second process, scores AIS blocks from the last back).
 Rows "in training" (and "stopped") show the latest point of the time-to-quality curve, not the final protocol.
 
 {HISTORY}
@@ -586,6 +600,8 @@ def main(argv=None) -> int:
     ais.add_argument("--leapfrog", type=int, default=2)
     ais.add_argument("--work-dir", type=Path, default=None,
                      help="for a collected folder: where AIS's resumable blocks go (default runs/reproduce-ais/LABEL/ROW)")
+    ais.add_argument("--share", action="store_true",
+                     help="only score AIS blocks, from the last back, beside another `ais` process on the row")
     score = sub.add_parser("score", help="score a trained row's final blocks beside its run, from the last back")
     score.add_argument("row", choices=sorted(ROWS))
     score.add_argument("--runs-dir", type=Path, required=True)
@@ -602,7 +618,7 @@ def main(argv=None) -> int:
     elif args.command == "ais":
         torch.set_num_threads(1)
         result = ais_row(args.row, args.runs_dir, args.data_root, args.points, args.steps, args.chains, args.leapfrog,
-                         work_dir=args.work_dir)
+                         work_dir=args.work_dir, share=args.share)
         print(json.dumps(result, indent=2))
     elif args.command == "score":
         torch.set_num_threads(1)

@@ -63,3 +63,23 @@ def test_score_refuses_a_row_still_training(small_protocol):
     (runs / "vae1_k1" / "setup.json").write_text(json.dumps(setup))
     with pytest.raises(SystemExit, match="has trained 16 of 20 epochs; score it once its training has finished"):
         reproduce.score_row("vae1_k1", runs, root)
+
+
+def test_ais_share_scores_the_missing_blocks_from_the_end_as_the_row_would(small_protocol):
+    root, runs = small_protocol
+    reproduce.run_row("vae1_k1", runs, root, epochs=16, batch_size=50, every=16)
+    options = dict(points=20, steps=3, chains=2, leapfrog=1, block=10)
+    result = reproduce.ais_row("vae1_k1", runs, root, **options)
+    assert result["points"] == 20 and np.isfinite(result["ais_nll"]) and np.isfinite(result["is_misses"])
+    folder = runs / "vae1_k1" / "ais-T3-K2-L1-block10"
+    by_row = _blocks(folder)
+    assert list(by_row) == ["points-000000-000010.npz", "points-000010-000020.npz"]
+    (runs / "vae1_k1" / "ais.json").unlink()
+    block_path(folder, 10, 20).unlink()  # as if the row's own `ais` had scored only the first block
+    assert reproduce.ais_row("vae1_k1", runs, root, share=True, **options) == {"scored": 1}
+    assert not (runs / "vae1_k1" / "ais.json").exists()  # the sharing process leaves the result to the row's
+    shared = _blocks(folder)
+    assert list(shared) == list(by_row) and all(np.array_equal(shared[n], by_row[n]) for n in by_row)
+    assert reproduce.ais_row("vae1_k1", runs, root, share=True, **options) == {"scored": 0}
+    again = reproduce.ais_row("vae1_k1", runs, root, **options)  # the row's result, read from the shared blocks
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in result.items() if k != "seconds"}
