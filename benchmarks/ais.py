@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 
 from pyro_genmod.ais import bdmc
 from pyro_genmod.bench.args import output_file
-from pyro_genmod.bench.provenance import commit_label
+from pyro_genmod.bench.provenance import commit_label, cpu_model
 from pyro_genmod.bench.metrics import blockwise_log_likelihood
 from pyro_genmod.folders import atomic_write, atomic_write_text
 from pyro_genmod.runs import load_run
@@ -154,13 +153,6 @@ def summarize(cell: Path, args) -> dict | None:
     return row
 
 
-def _cpu() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
 def _f(value, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
 
@@ -201,7 +193,7 @@ def report(args) -> Path:
                          f"{_f(r['bdmc_upper'])} | {_f(r['bdmc_gap'])} ± {_f(r['bdmc_gap_se'])} | {_f(r['bdmc_seconds'], 0)} |")
     lines += [
         "",
-        (f"Machine: {_cpu()}, {os.cpu_count()} cores shared with other jobs (load average "
+        (f"Machine: {cpu_model()}, {os.cpu_count()} cores shared with other jobs (load average "
          f"{', '.join(f'{v:.0f}' for v in os.getloadavg())} when this page was written; one thread per process), "
          f"so wall times overstate the compute. Commit {commit}. Commands:"),
         "",

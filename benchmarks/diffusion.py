@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import torchvision.utils
 
 import pyro_genmod as pg
 from pyro_genmod.bench.args import results_folder
-from pyro_genmod.bench.provenance import commit_label
+from pyro_genmod.bench.provenance import commit_label, machine
 from pyro_genmod.folders import atomic_write, atomic_write_text
 from pyro_genmod.train import evaluate_elbo
 
@@ -145,7 +143,7 @@ def run(args) -> None:
 
     meta = {
         "dataset": args.dataset, "shape": list(data.shape), "commit": commit, "threads": args.threads,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": machine(),
         "command": f"python benchmarks/diffusion.py run --dataset {args.dataset} --budget {args.budget} "
                    f"--num-steps {args.num_steps} -K {args.num_samples} --score-points {points}"
                    + (" --full-chain" if args.full_chain else ""),

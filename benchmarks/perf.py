@@ -23,7 +23,6 @@ import copy
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 
 import pyro_genmod as pg
 from pyro_genmod.bench.args import results_folder
-from pyro_genmod.bench.provenance import commit_label
+from pyro_genmod.bench.provenance import commit_label, cpu_model
 from pyro_genmod.folders import atomic_write_text
 from pyro_genmod.objectives import get_objective
 from pyro_genmod.train import parameters
@@ -53,12 +52,8 @@ LOG_2PI = math.log(2 * math.pi)
 
 def machine() -> dict:
     """CPU model, threads and load, for the record next to every number."""
-    model = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-        platform.processor(),
-    )
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -23,7 +23,6 @@ import argparse
 import csv
 import io
 import math
-import platform
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,8 +35,9 @@ from sklearn.mixture import GaussianMixture
 
 import pyro_genmod as pg
 from pyro_genmod.bench.args import output_file
-from pyro_genmod.folders import atomic_write_text
+from pyro_genmod.bench.provenance import cpu_model
 from pyro_genmod.experiment import score
+from pyro_genmod.folders import atomic_write_text
 from pyro_genmod.tasks import sampled_dataset
 
 __all__ = ["Problem", "problems", "run_rows", "main"]
@@ -185,7 +185,7 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
         "# Reference models: exact log p(x) against the IS scorer and the SVI trainer",
         "",
         f"Command: `python benchmarks/reference_models.py{' --quick' if args.quick else ''}` "
-        f"(K = {args.num_samples}); {platform.processor() or platform.machine()} CPU, torch "
+        f"(K = {args.num_samples}); {cpu_model()} CPU, torch "
         f"{torch.__version__}, pyro {pyro.__version__}; total {seconds:.0f} s.",
         "",
         "All log-likelihoods are held-out (test set) means per point, in nats; *exact LL* is the "

@@ -36,7 +36,6 @@ import csv
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ import torch
 import pyro_genmod as pg
 from pyro_genmod.bench import active_units, blockwise_log_likelihood
 from pyro_genmod.bench.metrics import block_saved
-from pyro_genmod.bench.provenance import commit_label
+from pyro_genmod.bench.provenance import commit_label, machine
 from pyro_genmod.checkpoint import (
     CHECKPOINT_FILE,
     Checkpointer,
@@ -251,8 +250,7 @@ def run_row(
         "eval_points": int(data.test.shape[0]), "khat_above_0.7": float((khat > 0.7).float().mean()),
         "khat_nan": int(torch.isnan(khat).sum()), "active_units": units,
         "latent_dims": [math.prod(s.event_shape) for s in model.latent_sites],
-        "threads": torch.get_num_threads(), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores", "commit": commit_label(),
+        "threads": torch.get_num_threads(), "machine": machine(), "commit": commit_label(),
         "recipe": {k: v for k, v in recipe.items() if k != "progress"},
     }
     atomic_write_text(folder / "final.json", json.dumps(final, indent=2))
@@ -480,7 +478,7 @@ def _plot(recipes: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     colours = dict(zip(ROWS, ("C0", "C1", "C2", "C3")))
-    styles = ("-", "--", ":", "-.")
+    styles = ("-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (6, 2)))  # one per recipe: six before any repeats
     for index, recipe in enumerate(recipes):
         for name, curve in recipe["curves"].items():
             hours = [float(r["train_seconds"]) / 3600 for r in curve]

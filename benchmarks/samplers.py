@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torchvision.utils
 
 import pyro_genmod as pg
 from pyro_genmod.bench.args import results_folder
-from pyro_genmod.bench.provenance import commit_label
+from pyro_genmod.bench.provenance import commit_label, machine
 from pyro_genmod.folders import atomic_write, atomic_write_text
 from pyro_genmod.sample_quality import sample_fd, train_classifier
 
@@ -120,8 +119,7 @@ def run(args) -> dict:
         "classifier": {"hidden": [256, 128], "epochs": settings["classifier_epochs"], "test_accuracy": accuracy,
                        "seconds": classifier_seconds},
         "rows": rows, "commit": commit,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, two background training jobs, "
-                   f"{load_load()}), torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+        "machine": f"{machine()}, {load_load()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
         "command": f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/samplers.py --dataset {args.dataset}"
                    + (f" --epochs {args.epochs}" if args.epochs else "")
                    + f" --num-samples {args.num_samples} --repeats {args.repeats} --seed {args.seed}",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -421,3 +423,14 @@ def test_output_options_make_their_folder_or_give_one_usage_error(tmp_path, caps
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err.strip().splitlines()[-1]
     assert blocker.read_text() == "keep"
+
+
+def test_cpu_model_and_machine_name_this_machine():
+    from pyro_genmod.bench import provenance
+
+    model = provenance.cpu_model()
+    assert model and "\n" not in model
+    if Path("/proc/cpuinfo").is_file():  # Linux: the model name line, as the kernel gives it
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        assert model == (names[0] if names else model)
+    assert f"{os.cpu_count()} cores" in provenance.machine() and torch.__version__ in provenance.machine()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["code_version", "commit_label", "git_commit", "machine"]
+__all__ = ["code_version", "commit_label", "cpu_model", "git_commit", "machine"]
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,15 @@ def code_version() -> str:
 
 
 @functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what :mod:`platform` knows of it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     """Architecture, CPU count, the threads torch uses, and torch's version (and the GPU, if one is used)."""
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
