@@ -175,6 +175,10 @@ def test_samplers_digits(tmp_path, committed_untouched):
     assert text.startswith(samplers.BEGIN) and text.rstrip().endswith(samplers.END)  # a new zoo.md: the section
     assert "| sampler | options | FD (mean ± s.e.) | fit s | samples |" in text
     assert "![gmm](samplers_digits_gmm.png)" in text
+    assert samplers.NOTES["digits"][1] not in text  # the committed run's discussion does not describe this one
+    assert "describes another run, whose prior FD was 23.7; this table is shown without it" in text
+    committed = samplers.section()  # the committed runs' section keeps its discussion
+    assert samplers.NOTES["digits"][1] in committed and samplers.NOTES["mnist"][1] in committed
 
     # --report-only rebuilds the section in place and keeps the rest of the page
     (out / "zoo.md").write_text("# notes above\n\n" + text)
