@@ -122,9 +122,9 @@ that row's AIS; it had reached epoch 263 of 1,000 by the end of session 9. Sessi
 (88.8592 against 88.8591 at epoch 150, 85.4556 against 85.4555 at epoch 800), and its final protocol gives
 85.97370 ± 0.22976 nats, the lost run's number to every digit saved (test ELBO -90.07919 against -90.07920;
 k-hat > 0.7 on one point more): the same model, so its AIS row stands for `burda-init`'s `vae2_k1`. Its
-train time (5.4 h) includes about 3.1 h between epochs 100 and 150 when the machine was unreachable in
-session 9 and the process made no progress; its wall times, and its line in the plot's left panel, measure
-that outage, not the recipe (the lost run's 2.3 h do).
+train time (5.4 h) includes the 3.1 h it took from epoch 100 to 150: about 7 minutes of training and a
+stall while the machine was unreachable in session 9; its wall times, and its line in the plot's left
+panel, measure that outage, not the recipe (the lost run's 2.3 h do).
 
 Session 10 also started the paper's own budget for `vae1_k1` (recipe `paper`: 3,280 epochs at batch 20,
 the schedule not compressed, code pinned at 65d0d75) at the lowest priority, about 10.5 h of one thread
@@ -137,13 +137,13 @@ at batch 20, about 9.8 million updates; the `burda-init` rows make 1,000 passes 
 updates, 6% of the paper's) and the `burda-500` rows 500 (295,000, 3%), on one CPU thread each. At batch 20
 one thread here trains an epoch in 11-12 s for `vae1_k1` and 38-40 s for `iwae2_k5` (session 10: 5,900
 training images, two interleaved rounds, beside a running retrain), so the paper's 3,280 epochs take about
-10.5 h and 35 h: three to twelve sessions, longer than any run folder had survived here until session 9.
+10.5 h and 35 h: four to twelve sessions, longer than any run folder had survived here until session 9.
 Every curve is still falling when its run ends: over its last 100 epochs, on the
 curve's proxy, `vae1_k1` gains 0.15 nats, `vae2_k1` 0.14, `iwae1_k5` 0.35 and `iwae2_k5` 0.44 (500-epoch
 recipe); the same IWAE network at 750 of 1,000 epochs was 0.96 nats better than at the end of the
 500-epoch recipe. The paper's initialization was worth 1.0 nat on `vae1_k1` (89.09 with torch's default
 layers, 88.10 with Burda's) and much more on `vae2_k1`. The estimator is the paper's (IS with K = 5000)
-and AIS on the first 1,000 images puts the true log-likelihood 0.3-0.4 nats above it, so the gap is in the
+and AIS on the first 1,000 images puts the true log-likelihood 0.25-0.44 nats above it, so the gap is in the
 trained models, not in how they are scored."""
 FINAL_K, FINAL_BLOCK = 5000, 500  # the final protocol: K draws per test image, scored in blocks of points
 
