@@ -35,7 +35,7 @@ from pyro_genmod.ais import bdmc
 from pyro_genmod.bench.args import output_file
 from pyro_genmod.bench.provenance import commit_label, cpu_model
 from pyro_genmod.bench.metrics import blockwise_log_likelihood
-from pyro_genmod.folders import atomic_write, atomic_write_text
+from pyro_genmod.folders import atomic_savez, atomic_write_text
 from pyro_genmod.runs import load_run
 
 __all__ = ["main", "run_cell", "summarize"]
@@ -81,12 +81,8 @@ def run_cell(cell: Path, args) -> None:
         result = bdmc(model, guide, num_points=args.bdmc_points, num_chains=args.chains, num_steps=args.steps,
                       leapfrog_steps=args.leapfrog, step_size=STEP_SIZE, seed=IS_SEED)
         seconds = time.perf_counter() - began
-
-        def save(tmp: str) -> None:  # a file object: np.savez would add .npz to the temporary name
-            with open(tmp, "wb") as handle:
-                np.savez(handle, lower=result.lower.numpy(), upper=result.upper.numpy(), seconds=np.array(seconds))
-
-        atomic_write(path, save, what="BDMC result")
+        atomic_savez(path, {"lower": result.lower.numpy(), "upper": result.upper.numpy(), "seconds": np.array(seconds)},
+                     what="BDMC result")
         print(f"{cell.name}: BDMC on {args.bdmc_points} simulated points ({seconds:.0f} s)", flush=True)
     if args.bdmc_only:
         return

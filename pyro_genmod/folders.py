@@ -52,6 +52,7 @@ __all__ = [
     "resume_folder",
     "settle",
     "atomic_write",
+    "atomic_savez",
     "atomic_write_text",
     "check_output_folder",
     "FolderLock",
@@ -150,6 +151,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], what: 
             f"and that you can write to"
         ) from None
     return path
+
+
+def atomic_savez(path: str | os.PathLike, arrays: dict, what: str = "arrays file") -> Path:
+    """:func:`atomic_write` of ``numpy.savez(**arrays)`` (read back with ``numpy.load(path,
+    allow_pickle=False)``)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would add .npz to the temporary name
+            np.savez(handle, **arrays)
+
+    return atomic_write(path, write, what)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -434,3 +434,27 @@ def test_cpu_model_and_machine_name_this_machine():
         names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
         assert model == (names[0] if names else model)
     assert f"{os.cpu_count()} cores" in provenance.machine() and torch.__version__ in provenance.machine()
+
+
+def test_evaluation_blocks_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A block's file appears only complete (fsynced, renamed into place); a failed write leaves no file
+    and no temporary behind, and the block is scored again on the next call."""
+    from pyro_genmod import folders
+    from pyro_genmod.errors import RunFolderError
+
+    data = pg.load_dataset("digits")
+    model = pg.create_model("vae", data, latent_dim=2, hidden=[8])
+    guide = pg.create_guide("mean_field", model, hidden=[8])
+    x = data.test[:6]
+    real = folders._fsync_file
+    monkeypatch.setattr(folders, "_fsync_file", lambda path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(RunFolderError, match="cannot write evaluation block .*No space left on device"):
+        metrics.blockwise_log_likelihood(model, guide, x, 10, seed=0, block=3, khat_points=0, folder=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither a block nor a temporary file
+    monkeypatch.setattr(folders, "_fsync_file", real)
+    first, _ = metrics.blockwise_log_likelihood(model, guide, x, 10, seed=0, block=3, khat_points=0, folder=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["points-000000-000003.npz", "points-000003-000006.npz"]
+    written = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    again, _ = metrics.blockwise_log_likelihood(model, guide, x, 10, seed=0, block=3, khat_points=0, folder=tmp_path)
+    assert torch.equal(first.per_point, again.per_point)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == written  # read back, not rewritten

@@ -264,7 +264,7 @@ def test_a_worker_killed_mid_cell_loses_and_duplicates_nothing(tmp_path, referen
     assert len(results(tmp_path)) == CELLS
     assert not any((tmp_path / "runs").glob("*/.genmod-lock"))  # every lock released
     assert not [p for p in (tmp_path / "runs").rglob(".result.json.*")]  # no temporaries left
-    assert not [p for p in (tmp_path / "runs").rglob("*.tmp.npz")]
+    assert not [p for p in (tmp_path / "runs").rglob(".points-*.npz.*")]  # nor half-written evaluation blocks
 
 
 def test_two_bench_processes_on_one_grid_share_it(tmp_path, reference):

@@ -234,7 +234,7 @@ def run_cells(
             ):
                 report.append({"cell": cell_id, "outcome": "skipped"})
                 continue
-            for leftover in folder.glob("eval-*/.*.tmp.npz"):  # blocks a killed worker was writing
+            for leftover in folder.glob("eval-*/.points-*.npz.*"):  # blocks a killed worker was writing
                 leftover.unlink(missing_ok=True)
             row = _run_one(cell, config, data_root, progress)
             write_result(folder, row)

@@ -4,7 +4,6 @@ the K=5000 protocol in resumable blocks, and AIS beside IS."""
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 import zipfile
@@ -16,6 +15,7 @@ import torch
 from pyro_genmod.ais import AISLogLikelihood
 from pyro_genmod.densities import latent_log_ratios
 from pyro_genmod.errors import ConfigError, DataError
+from pyro_genmod.folders import atomic_savez
 from pyro_genmod.importance import LogLikelihood, log_likelihood
 from pyro_genmod.seeding import seeded
 
@@ -143,9 +143,7 @@ def blockwise_log_likelihood(
             arrays = {"per_point": ll.per_point.numpy(), "elbo": ll.elbo.numpy(), "khat": ll.khat,
                       "seconds": np.array(time.perf_counter() - began)}
             arrays.update({key: getattr(ll, key).numpy() for key in keys if key not in arrays})  # AIS: its extras
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # one per writer
-            np.savez(tmp, **arrays)
-            tmp.replace(path)
+            atomic_savez(path, arrays, what="evaluation block")
             saved = arrays
         parts.append({key: saved[key] for key in keys if key != "seconds"})
         seconds += float(saved["seconds"])
