@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-dir", type=results_folder, default=str(RESULTS), metavar="DIR",
                         help="where the table goes (default: benchmarks/results)")
     args = parser.parse_args(argv)
-    results = args.results_dir
     if args.model == "ppca":
         data, guides = pg.load_dataset("wine"), args.guides or PPCA_GUIDES
     else:
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `python benchmarks/gaps.py {' '.join(argv) if argv else ''}`\n\n"
     )
     suffix = "_ppca" if args.model == "ppca" else "_mnist" if args.data_root else ""
-    out = results / f"gaps{suffix}.md"
+    out = args.results_dir / f"gaps{suffix}.md"
     atomic_write_text(out, header + body + "\n")
     print(f"wrote {out}")
 

@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-dir", type=results_folder, default=str(RESULTS), metavar="DIR",
                         help="where the table goes (default: benchmarks/results)")
     args = parser.parse_args(argv)
-    results = args.results_dir
     mnist = args.data_root is not None
     data = pg.load_dataset("mnist", root=args.data_root) if mnist else pg.load_dataset("digits")
     epochs = args.epochs or (20 if mnist else 60)
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {TUTORIAL[mnist_count]} |"
         )
     lines += ["", "Chance is 0.1. The tutorial numbers are on MNIST with far longer training; on digits they are context, not a target."]
-    atomic_write_text(results / f"{name}.md", "\n".join(lines) + "\n")
+    atomic_write_text(args.results_dir / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

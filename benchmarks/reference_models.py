@@ -259,9 +259,10 @@ def main(argv: list[str] | None = None) -> None:
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out.with_name(out.name + ".csv"), table.getvalue())
-    atomic_write_text(out.with_name(out.name + ".md"), markdown(rows, args, time.perf_counter() - start))
-    print(f"wrote {out.with_name(out.name + '.md')} and {out.with_name(out.name + '.csv')}")
+    csv_path, md_path = (out.with_name(out.name + suffix) for suffix in (".csv", ".md"))  # a dot in STEM stays
+    atomic_write_text(csv_path, table.getvalue())
+    atomic_write_text(md_path, markdown(rows, args, time.perf_counter() - start))
+    print(f"wrote {md_path} and {csv_path}")
 
 
 if __name__ == "__main__":
